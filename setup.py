@@ -22,7 +22,7 @@ extras = {
 extras['all'] = sorted({d for k, v in extras.items() if k != 'serve' for d in v})
 extras['dev'] = sorted({d for k, v in extras.items() if k not in ('vllm', 'all') for d in v} | {
     'nbdev==2.4.14', 'fastcore>=1.5,<2', 'execnb<0.2', 'jupyterlab', 'ipykernel', 'nbconvert',
-    'pytest>=7', 'hypothesis>=6', 'psutil'})
+    'pytest>=7', 'hypothesis>=6', 'psutil', 'playwright'})
 
 setuptools.setup(
     name=cfg['lib_name'],

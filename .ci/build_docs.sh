@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Quarto cannot be installed here, so the docs are checked this way: nbdev processes the notebooks
+# (show_doc, directives) into _proc/, and nbconvert renders each processed notebook to HTML in OUT.
+set -euo pipefail
+out=${1:-_docs_html}
+cd "$(dirname "$0")/.."
+nbdev_proc_nbs --force >/dev/null
+mkdir -p "$out"
+jupyter nbconvert --to html --log-level=WARN --output-dir "$out" _proc/*.ipynb
+echo "docs rendered to $out: $(ls "$out" | wc -l) pages"

@@ -1,0 +1,71 @@
+"""The rendered docs and the demo report, opened in a real headless Chromium.
+
+Quarto is not installable here, so `.ci/build_docs.sh` renders the nbdev-processed notebooks to HTML with
+nbconvert; CI points LLM_CURATE_DOCS_HTML at that folder (and LLM_CURATE_DEMO_REPORT at the demo's report).
+Without them the test renders what it needs itself, into its temp dir.
+"""
+import os, shutil, subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason='Debian chromium is not installed (.ci/run installs it)')
+
+
+@pytest.fixture(scope='module')
+def docs_html(tmp_path_factory):
+    d = os.environ.get('LLM_CURATE_DOCS_HTML')
+    if d and Path(d, 'index.html').exists(): return Path(d)
+    out = tmp_path_factory.mktemp('docs_html')
+    subprocess.run(['bash', str(ROOT / '.ci' / 'build_docs.sh'), str(out)], check=True, cwd=ROOT, timeout=900)
+    return out
+
+
+@pytest.fixture(scope='module')
+def browser():
+    sync_api = pytest.importorskip('playwright.sync_api')
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+            '--disable-component-update', '--disable-sync'])
+        yield b
+        b.close()
+
+
+def open_page(browser, path: Path, shot: Path):
+    "Load a local page; return (page, errors) after taking a full-page screenshot."
+    page = browser.new_page(viewport={'width': 1200, 'height': 900})
+    errors = []
+    page.on('pageerror', lambda e: errors.append(f'page error: {e}'))
+    page.on('console', lambda m: errors.append(f'console {m.type}: {m.text}') if m.type == 'error' else None)
+    # offline machine: requests to CDNs (MathJax, require.js) fail; they are not the page's own errors
+    page.route('http*://**', lambda route: route.abort())
+    resp = page.goto(path.as_uri(), wait_until='load')
+    assert resp is None or resp.ok
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    offline = ('net::ERR_FAILED', 'Failed to load resource', 'Failed to fetch dynamically imported module: http')
+    own = [e for e in errors if not any(o in e for o in offline)]
+    return page, own
+
+
+def images_ok(page) -> list:
+    "Natural widths of the page's images (0 = broken)."
+    page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+    return page.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
+
+
+def test_index_page(docs_html, browser, tmp_path):
+    page, errors = open_page(browser, docs_html / 'index.html', tmp_path / 'index.png')
+    assert not errors, errors
+    text = page.inner_text('body')
+    assert 'llm_curate' in text and 'Quickstart' in text and 'nbdev_test' in text
+
+
+def test_data_api_page(docs_html, browser, tmp_path):
+    page, errors = open_page(browser, docs_html / '00_data.html', tmp_path / 'data.png')
+    assert not errors, errors
+    text = page.inner_text('body')
+    assert 'load_samples' in text and 'Load an instruction-tuning pool' in text  # show_doc rendered the docstring

@@ -31,4 +31,12 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv('LLM_CURATE_CACHE', str(tmp_path_factory.getbasetemp() / 'llm_curate_cache'))
+    """Each session gets its own data cache; converted model weights (GGUF -> safetensors, ~20 s each) are shared
+    with the user's cache, since they depend only on the model file."""
+    from llm_curate.data import default_cache_dir
+    private = tmp_path_factory.getbasetemp() / 'llm_curate_cache'
+    if not (private / 'models').exists():
+        shared = default_cache_dir() / 'models'
+        shared.mkdir(parents=True, exist_ok=True); private.mkdir(parents=True, exist_ok=True)
+        (private / 'models').symlink_to(shared, target_is_directory=True)
+    monkeypatch.setenv('LLM_CURATE_CACHE', str(private))

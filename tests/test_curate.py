@@ -1,0 +1,288 @@
+"""Score curation (llm_curate.curate, llm_curate.knn): recovery on generated data, invariants, bad inputs, determinism."""
+import json
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+from llm_curate.curate import (ScoreCurator, curate_scores, CurationReport, make_noisy_scores, empirical_T, ordinal_noise,
+                               consensus_counts, fit_transition, hoc_loss_grad)
+from llm_curate.knn import knn_graph, dedupe_rows
+
+
+def f1(flagged, wrong):
+    return 2 * (flagged & wrong).sum() / max(flagged.sum() + wrong.sum(), 1)
+
+
+@pytest.fixture(scope='module')
+def noisy():
+    X, y, rated = make_noisy_scores(8000, n_clusters=400, spread=0.3, seed=3)
+    return X, y, rated
+
+
+def test_recovers_T_flags_and_improves_accuracy(noisy):
+    X, y, rated = noisy
+    rep = curate_scores(X, rated)
+    Te = empirical_T(y, rated)
+    assert np.abs(rep.transition_matrix - Te).mean() <= 0.03
+    f = rep.frame
+    assert f1(f.flagged.to_numpy(), rated != y) >= 0.9
+    assert (f.curated_score.to_numpy() == y).mean() > (rated == y).mean() + 0.15
+    np.testing.assert_allclose(rep.transition_matrix.sum(1), 1, atol=1e-9)
+    np.testing.assert_allclose(rep.prior, np.bincount(y, minlength=6) / len(y), atol=0.03)
+
+
+def test_asymmetric_T_and_skewed_prior():
+    # a rater that over-uses level 3 and a pool where good samples are rare
+    K = 6
+    T = 0.8 * np.eye(K); T[:, 3] += 0.2   # (with 25% the k=10 vote itself is out-voted by chance ~5% of the time)
+    T[3] = np.eye(K)[3]
+    prior = np.array([.1, .15, .25, .25, .15, .1])
+    X, y, rated = make_noisy_scores(10000, T=T, prior=prior, n_clusters=500, spread=0.25, seed=4)
+    rep = curate_scores(X, rated)
+    assert np.abs(rep.transition_matrix - empirical_T(y, rated)).mean() <= 0.03
+    assert f1(rep.frame.flagged.to_numpy(), rated != y) >= 0.9
+
+
+def test_no_noise_flags_almost_nothing():
+    X, y, _ = make_noisy_scores(5000, seed=5)
+    rep = curate_scores(X, y)
+    assert np.diag(rep.transition_matrix).min() > 0.95
+    assert rep.frame.flagged.mean() < 0.01
+    assert (rep.frame.curated_score == y).mean() > 0.99
+
+
+def test_nothing_flagged_means_nothing_reported():
+    # the reference reported *every* sample when none was flagged; here: empty stays empty
+    X, y, _ = make_noisy_scores(2000, n_clusters=50, spread=0.05, seed=6)
+    rep = curate_scores(X, y)
+    assert rep.frame.flagged.sum() == 0 and rep.params['changed'] == 0
+    assert (rep.frame.error_prob < 0.5).all()
+
+
+def test_soft_scores(noisy):
+    X, y, rated = noisy
+    P = np.full((len(rated), 6), 0.02); P[np.arange(len(rated)), rated] = 0.9
+    rep = curate_scores(X, P)
+    assert rep.params['soft_scores']
+    assert (rep.frame.curated_score.to_numpy() == y).mean() > (rated == y).mean() + 0.15
+    np.testing.assert_array_equal(rep.frame.score, rated)
+
+
+def test_same_seed_identical_report(noisy, tmp_path):
+    X, y, rated = noisy
+    kw = dict(sample_size=3000, hoc_rounds=5, detect_rounds=20, random_state=7)
+    a, b = curate_scores(X, rated, **kw), curate_scores(X, rated, **kw)
+    pd.testing.assert_frame_equal(a.frame, b.frame)
+    np.testing.assert_array_equal(a.transition_matrix, b.transition_matrix)
+    # round trip through files
+    a.save(tmp_path / 'r')
+    c = CurationReport.load(tmp_path / 'r')
+    pd.testing.assert_frame_equal(a.frame, c.frame)
+    np.testing.assert_array_equal(a.transition_matrix, c.transition_matrix)
+    assert sorted(p.name for p in (tmp_path / 'r').iterdir()) == ['report.json', 'report.parquet']
+    meta = json.loads((tmp_path / 'r' / 'report.json').read_text())
+    assert meta['params']['sample_size'] == 3000 and 'numpy' in meta['params']['versions']
+
+
+def test_subset_rounds_still_work(noisy):
+    X, y, rated = noisy
+    rep = curate_scores(X, rated, sample_size=4000, hoc_rounds=10, detect_rounds=30)
+    assert np.abs(rep.transition_matrix - empirical_T(y, rated)).mean() <= 0.04
+    assert f1(rep.frame.flagged.to_numpy(), rated != y) >= 0.85
+
+
+def test_tiny_sample_size_never_flags_unsampled():
+    X, y, rated = make_noisy_scores(600, n_clusters=60, seed=8)
+    cur = ScoreCurator(sample_size=20, detect_rounds=2, hoc_rounds=3).fit(X, rated)
+    assert (cur.error_prob_ >= 0).all() and (cur.error_prob_ <= 1).all()
+    assert cur.flagged_.sum() <= 2 * 20
+
+
+def test_reuses_graph(noisy):
+    X, y, rated = noisy
+    g = knn_graph(X, k=12)
+    a = curate_scores(X, rated, graph=g)
+    b = curate_scores(X, rated)
+    pd.testing.assert_frame_equal(a.frame, b.frame)
+    with pytest.raises(ValueError, match='must be knn_graph'):
+        curate_scores(X[:100], rated[:100], graph=g)
+
+
+def test_gradient_matches_finite_differences():
+    r = np.random.default_rng(1)
+    K = 5
+    c = consensus_counts(r.integers(0, K, 400), r.integers(0, 400, (400, 2)), K)
+    A, b = r.normal(size=(K, K)), r.normal(size=K)
+    _, gA, gb = hoc_loss_grad(A, b, c)
+    num = np.zeros_like(A)
+    for i in range(K):
+        for j in range(K):
+            E = np.zeros_like(A); E[i, j] = 1e-6
+            num[i, j] = (hoc_loss_grad(A + E, b, c)[0] - hoc_loss_grad(A - E, b, c)[0]) / 2e-6
+    np.testing.assert_allclose(num, gA, atol=1e-5)
+
+
+def test_fit_transition_exact_counts():
+    # population (noise-free) consensus of a known (T, p): the fit must find it
+    T, p = ordinal_noise(6, 0.6), np.array([.1, .2, .3, .2, .1, .1])
+    c = (p @ T, np.einsum('k,ki,kj->ij', p, T, T), np.einsum('k,ki,kj,kl->ijl', p, T, T, T))
+    Th, ph, loss = fit_transition(c)
+    assert np.abs(Th - T).max() < 0.02 and np.abs(ph - p).max() < 0.02
+
+
+# ---------- bad inputs ----------
+@pytest.fixture(scope='module')
+def small():
+    return make_noisy_scores(500, n_clusters=50, seed=9)
+
+
+@pytest.mark.parametrize('mutate, match', [
+    (lambda X, s: (np.where(np.arange(len(X))[:, None] == 7, np.nan, X), s), 'NaN or inf values (first: row 7)'),
+    (lambda X, s: (np.where(np.arange(len(X))[:, None] == 3, np.inf, X), s), 'NaN or inf'),
+    (lambda X, s: (np.where(np.arange(len(X))[:, None] == 4, 0.0, X), s), 'all-zero rows (first: row 4)'),
+    (lambda X, s: (X[:-1], s), 'row-aligned'),
+    (lambda X, s: (X, s + 1), 'must lie in [0, 6)'),
+    (lambda X, s: (X, s - 1), 'must lie in [0, 6)'),
+    (lambda X, s: (X, s + 0.5), 'integer levels'),
+    (lambda X, s: (X, np.where(np.arange(len(s)) == 2, np.nan, s)), 'status != \'ok\''),
+    (lambda X, s: (np.repeat(X[:10], 50, 0), s), 'needs more than k=10 distinct'),
+    (lambda X, s: (np.repeat(X[:1], 500, 0), s), 'all rows identical'),
+    (lambda X, s: (X[:, 0], s), '2-D'),
+    (lambda X, s: (X, np.eye(6)[s][:, :5]), 'n_scores=6 columns'),
+    (lambda X, s: (X, np.eye(6)[s] * 2), 'sum to 1'),
+])
+def test_bad_inputs(small, mutate, match):
+    X, _, s = small
+    Xb, sb = mutate(X, s)
+    with pytest.raises(ValueError, match=None) as e:
+        curate_scores(Xb, sb)
+    assert match in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize('kw, match', [
+    (dict(k=1), "The 'k' parameter of ScoreCurator must be an int >= 2. Got 1 instead."),
+    (dict(k=2.5), "'k' parameter"), (dict(n_scores=1), "'n_scores' parameter"),
+    (dict(confidence=-0.1), "'confidence' parameter"), (dict(sample_size=0), "'sample_size' parameter"),
+    (dict(detect_rounds=0), "'detect_rounds' parameter"), (dict(lr=0), "'lr' parameter"),
+])
+def test_bad_params(small, kw, match):
+    X, _, s = small
+    with pytest.raises(ValueError) as e:
+        ScoreCurator(**kw).fit(X, s)
+    assert match in str(e.value)
+
+
+def test_single_level_is_documented_noop(small, caplog):
+    X, _, _ = small
+    rep = curate_scores(X, np.full(len(X), 2))
+    assert rep.params['single_level'] and rep.frame.flagged.sum() == 0
+    assert (rep.frame.curated_score == 2).all()
+    np.testing.assert_array_equal(rep.transition_matrix, np.eye(6))
+    assert rep.frame.longtail.between(0, 1).all()
+
+
+def test_exact_duplicates_never_neighbours():
+    X, y, rated = make_noisy_scores(400, n_clusters=40, seed=10)
+    Xd = np.concatenate([X, X[:100], X[:50]])          # rows 0..49 appear 3 times
+    g = knn_graph(Xd, k=10)
+    grp, _ = dedupe_rows(Xd)
+    assert g.n_unique == 400
+    assert not (grp[g.indices] == grp[:, None]).any()  # no neighbour shares the sample's group
+    np.testing.assert_array_equal(g.indices[0], g.indices[400])
+    np.testing.assert_array_equal(g.indices[0], g.indices[500])
+    # each distinct neighbour appears once (duplicates do not crowd the list)
+    assert all(len(set(grp[r])) == 10 for r in g.indices)
+    # duplicates of a sample do not vote as extra copies: curating the duplicated pool gives the same verdict on row 0
+    sd = np.concatenate([rated, rated[:100], rated[:50]])
+    a, b = curate_scores(X, rated), curate_scores(Xd, sd)
+    assert a.frame.longtail[0] == pytest.approx(b.frame.longtail[0])
+
+
+def test_ivf_recall_and_reported():
+    r = np.random.default_rng(0)
+    C = r.normal(size=(300, 48)).astype(np.float32)
+    X = C[r.integers(0, 300, 30000)] + 1.2 * r.normal(size=(30000, 48)).astype(np.float32)
+    gi = knn_graph(X, k=10, exact=False, seed=1)
+    ge = knn_graph(X, k=10, exact=True)
+    true_recall = (gi.indices[:, :, None] == ge.indices[:, None, :]).any(2).mean()
+    assert gi.method == 'ivf' and gi.recall is not None
+    assert true_recall >= 0.95 and abs(gi.recall - true_recall) < 0.02
+    assert not (gi.indices == np.arange(len(X))[:, None]).any()
+    assert (np.diff(gi.distances, axis=1) >= -1e-6).all()
+
+
+# ---------- properties ----------
+@st.composite
+def pools(draw):
+    seed = draw(st.integers(0, 2**31 - 1))
+    n = draw(st.integers(15, 80)); d = draw(st.integers(2, 8)); K = draw(st.integers(2, 5))
+    r = np.random.default_rng(seed)
+    X = r.normal(size=(n, d)).astype(np.float32)
+    s = r.integers(0, K, n)
+    if len(np.unique(s)) == 1: s[0] = (s[0] + 1) % K
+    return X, s, K, seed
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pools(), st.integers(2, 6), st.floats(0.0, 1.0))
+def test_invariants(pool, k, conf):
+    X, s, K, seed = pool
+    rep = curate_scores(X, s, n_scores=K, k=k, confidence=conf, steps=200)
+    f = rep.frame
+    assert len(f) == len(X) and f.id.is_unique
+    np.testing.assert_allclose(rep.transition_matrix.sum(1), 1, atol=1e-9)
+    assert rep.transition_matrix.shape == (K, K) and abs(rep.prior.sum() - 1) < 1e-9
+    for c in ('error_prob', 'confidence', 'longtail'):
+        assert f[c].between(0, 1).all(), c
+    assert f.curated_score.between(0, K - 1).all() and f.suggested.between(0, K - 1).all()
+    assert (f.suggested != f.score).all()
+    changed = f.curated_score != f.score
+    assert (f.confidence[changed] >= conf).all() and (f.curated_score[changed] == f.suggested[changed]).all()
+    assert (~changed | f.flagged | (conf <= f.confidence)).all()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pools())
+def test_permuting_rows_permutes_outputs(pool):
+    X, s, K, seed = pool
+    perm = np.random.default_rng(seed + 1).permutation(len(X))
+    a = curate_scores(X, s, n_scores=K, k=4, steps=200).frame
+    b = curate_scores(X[perm], s[perm], ids=np.arange(len(X))[perm], n_scores=K, k=4, steps=200).frame
+    b = b.set_index('id').loc[a.id].reset_index()
+    for c in ('score', 'suggested', 'curated_score', 'flagged'):
+        np.testing.assert_array_equal(a[c], b[c], err_msg=c)
+    for c in ('error_prob', 'confidence', 'longtail', 'error_score'):
+        np.testing.assert_allclose(a[c], b[c], atol=1e-6, err_msg=c)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10**6), st.integers(12, 120), st.integers(1, 8))
+def test_knn_matches_brute_force(seed, n, k):
+    r = np.random.default_rng(seed)
+    X = r.normal(size=(n, 6)).astype(np.float32)
+    X[r.integers(0, n, n // 5)] = X[0]                  # some duplicates of row 0
+    grp, first = dedupe_rows(X)
+    if len(first) <= k: return
+    g = knn_graph(X, k=k)
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    S = U @ U[first].T
+    S[np.arange(n), grp] = -np.inf                       # self and duplicates excluded
+    best = np.sort(S, axis=1)[:, ::-1][:, :k]
+    np.testing.assert_allclose(1 - best, g.distances, atol=1e-5)
+    assert not (grp[g.indices] == grp[:, None]).any()
+    assert set(np.unique(g.indices)) <= set(first)
+
+
+def test_curate_ratings_aligns_by_id(tmp_path):
+    from llm_curate.curate import curate_ratings
+    from llm_curate.embed import save_embeddings
+    X, y, rated = make_noisy_scores(400, n_clusters=40, seed=11)
+    ids = [f's{i}' for i in range(400)]
+    save_embeddings(tmp_path, X, ids, 'gen')
+    perm = np.random.default_rng(0).permutation(400)[:350]            # shuffled and a subset
+    tab = pd.DataFrame({'id': [ids[i] for i in perm], 'status': 'ok', 'score': rated[perm]})
+    rep = curate_ratings(tab, tmp_path)
+    ref = curate_scores(X[perm], rated[perm], ids=[ids[i] for i in perm])
+    pd.testing.assert_frame_equal(rep.frame, ref.frame)
+    assert rep.params['ratings']['embedded_not_rated'] == 50

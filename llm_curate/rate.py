@@ -1070,6 +1070,16 @@ def _status_text(run) -> str:
     df['cost_usd'] = df['cost_usd'].map(lambda x: f'${x:.4f}')
     return df.to_string(index=False)
 
+def _options(pairs) -> dict:
+    "`KEY=VALUE` strings as keyword arguments; values are read as JSON when they parse (numbers, true, null), else kept as text."
+    out = {}
+    for p in pairs or ():
+        if '=' not in p: raise ValueError(f"--option {p!r}: expected KEY=VALUE, e.g. --option num_threads=1")
+        k, v = p.split('=', 1)
+        try: out[k.strip().replace('-', '_')] = json.loads(v)
+        except ValueError: out[k.strip().replace('-', '_')] = v
+    return out
+
 def _cmd_rate(args) -> int:
     import sys
     from llm_curate.data import load_samples
@@ -1093,6 +1103,7 @@ def _cmd_rate(args) -> int:
         kw.update({k: getattr(args, k) for k in _API_OPTS if getattr(args, k) is not None})
         if args.price: kw['prices'] = {args.rater: tuple(float(x) for x in args.price.split(','))}
     if backend == 'openai-batch' and args.poll_interval is not None: kw['poll_interval'] = args.poll_interval
+    kw.update(_options(args.option))
     rater = make_rater(backend, args.rater, **kw)
     df = rater.rate(ds, out=args.out, progress=not args.quiet)
     counts = df.status.value_counts().to_dict()
@@ -1121,6 +1132,7 @@ def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
     p.add_argument('--format', help='input chat format (default: detected)'); p.add_argument('--split', help='split of a hub dataset')
     p.add_argument('--id-field', help='field holding a unique sample id (default: content hash)')
     p.add_argument('--cache-dir', help='where loaded samples are cached'); p.add_argument('--limit', type=int, help='rate only the first N samples')
+    p.add_argument('--option', action='append', metavar='KEY=VALUE', help='backend option, repeatable, e.g. --option num_threads=1 --option device=cuda')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
     p.add_argument('--status', metavar='DIR', help='print done / unparsed / failed counts and cost of a run, then exit')
     p.add_argument('--export', nargs=2, metavar=('DIR', 'OUT'), help='write the ratings of run DIR to OUT (.parquet), then exit')

@@ -69,3 +69,35 @@ def test_data_api_page(docs_html, browser, tmp_path):
     assert not errors, errors
     text = page.inner_text('body')
     assert 'load_samples' in text and 'Load an instruction-tuning pool' in text  # show_doc rendered the docstring
+
+
+def test_curate_api_page(docs_html, browser, tmp_path):
+    page, errors = open_page(browser, docs_html / '04_curate.html', tmp_path / 'curate.png')
+    assert not errors, errors
+    text = page.inner_text('body')
+    assert 'ScoreCurator' in text and 'curate_scores' in text and 'transition' in text
+    widths = images_ok(page)
+    assert len(widths) >= 2 and all(w > 0 for w in widths), widths  # the T heatmaps and histograms
+
+
+@pytest.fixture(scope='module')
+def demo_report(tmp_path_factory):
+    "The demo's report: LLM_CURATE_DEMO_REPORT when CI made one, else a quick demo run on 300 samples."
+    r = os.environ.get('LLM_CURATE_DEMO_REPORT')
+    if r and Path(r).exists(): return Path(r)
+    out = tmp_path_factory.mktemp('demo') / 'run'
+    res = subprocess.run(['llm_curate', 'demo', '--limit', '300', '--out', str(out), '-q'], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert 'weak' in res.stdout and str(out / 'report' / 'report.html') in res.stdout
+    return out / 'report' / 'report.html'
+
+
+def test_demo_report_page(demo_report, browser, tmp_path):
+    page, errors = open_page(browser, demo_report, tmp_path / 'demo_report.png')
+    assert not errors, errors
+    text = page.inner_text('body')
+    for h in ('SmolLM2-135M-Instruct', 'Curation', 'scores before and after curation', 'Selection',
+              'Mix of the selected subset by template', 'Transition matrices', 'Score distributions'):
+        assert h in text, h
+    widths = images_ok(page)
+    assert len(widths) >= 4 and all(w > 0 for w in widths), widths  # curation, selection mix, score distributions, T

@@ -109,3 +109,67 @@ def test_generate_answers_transformers(smollm2):
     alone = J.generate_answers(smollm2, ['What is 2+2?'], backend='transformers', max_new_tokens=12, batch_size=1, progress=False)
     assert alone[0] == ans[0]
     with pytest.raises(ValueError, match="'backend' parameter"): J.generate_answers(smollm2, ['x'], backend='tgi')
+
+
+def test_judge_pairwise_against_a_local_openai_server(monkeypatch):
+    "A real HTTP server with scripted verdicts, the real OpenAI client: both orders, position bias, ties, unparsed."
+    from llm_curate.rate import OpenAIRater
+    from llm_curate.servers import ScriptedServer
+    import re
+
+    def verdict(body):
+        user = body['messages'][-1]['content']
+        a = re.search(r"### Assistant A:\n(.*?)\n\[The end of assistant A", user, re.S).group(1)
+        b = re.search(r"### Assistant B:\n(.*?)\n\[The end of assistant B", user, re.S).group(1)
+        if 'garble' in user: return 'I cannot decide.'
+        if 'biased' in user: return 'The first one. [[A]]'              # always the first shown: inconsistent -> tie
+        if ('good' in a) == ('good' in b): return 'Equally good. [[C]]'
+        return 'A is better. [[A]]' if 'good' in a else 'B is better. [[B]]'
+
+    monkeypatch.setenv('OPENAI_API_KEY', 'sk-test')
+    prompts = [f'question {i}' for i in range(10)] + ['biased question', 'garble question']
+    answers_a = ['good answer'] * 6 + ['bad answer'] * 2 + ['good answer'] * 2 + ['x', 'y']
+    answers_b = ['bad answer'] * 6 + ['good answer'] * 2 + ['good answer'] * 2 + ['z', 'w']
+    with ScriptedServer(verdict) as srv:
+        judge = OpenAIRater('scripted', base_url=srv.url, concurrency=4)
+        res = J.judge_pairwise(prompts, answers_a, answers_b, judge, n_boot=500, model_a='ds2', model_b='lima')
+        calls = len(srv.log)
+    assert res.n == 11 and res.n_unparsed == 1 and res.n_inconsistent == 1      # the garbled pair is dropped
+    assert (res.win, res.tie, res.lose) == pytest.approx((6 / 11, 3 / 11, 2 / 11))
+    assert res.ci['win'][0] < 6 / 11 < res.ci['win'][1]
+    assert list(res.verdicts['outcome'][:8]) == ['win'] * 6 + ['lose'] * 2
+    assert calls == 2 * len(prompts)                                              # every pair judged in both orders, once
+
+
+LIMA_TRAIN = SHARED / 'instruct' / 'lima' / 'lima_train_1029.json'
+
+
+@pytest.mark.skipif(not LIMA_TRAIN.exists(), reason='shared data folder not present')
+def test_compare_end_to_end(tmp_path, monkeypatch):
+    "`compare`: fine-tune SmolLM2 on a DS2-style subset and on LIMA, answer a prompt set with both, judge both orders."
+    import re
+    from llm_curate.data import load_samples, save_samples
+    from llm_curate.finetune import TULU_LORA
+    from llm_curate.rate import OpenAIRater
+    from llm_curate.servers import ScriptedServer
+    import llm_curate
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1'); monkeypatch.setenv('OPENAI_API_KEY', 'sk-test')
+    pool = load_samples(Path(llm_curate.__file__).parent / 'assets' / 't0_pool_5k.jsonl.gz', progress=False)
+    save_samples(pool.select(range(4)), tmp_path / 'ds2.jsonl')
+    save_samples(load_samples(LIMA_TRAIN, progress=False).select(range(4)), tmp_path / 'lima.jsonl')
+    recipe = TULU_LORA.__class__(**{**TULU_LORA.__dict__, 'epochs': 1, 'effective_batch': 4, 'per_device_batch': 4,
+                                    'max_length': 128, 'lora_r': 4, 'gradient_checkpointing': False})
+    longer = lambda body: '[[A]]' if len(re.search(r"Assistant A:\n(.*?)\n\[The end", body['messages'][-1]['content'], re.S).group(1)) >= \
+                                     len(re.search(r"Assistant B:\n(.*?)\n\[The end", body['messages'][-1]['content'], re.S).group(1)) else '[[B]]'
+    with ScriptedServer(longer) as srv:
+        res = J.compare(OpenAIRater('scripted', base_url=srv.url), subset=tmp_path / 'ds2.jsonl', reference=tmp_path / 'lima.jsonl',
+                        base_model='smollm2', out_dir=tmp_path / 'cmp', prompt_sets=['vicuna'], recipe=recipe, limit=2,
+                        max_new_tokens=8, backend='transformers', progress=False)
+        assert len(srv.log) == 2 * 2
+    r = res['vicuna']
+    assert r.n + r.n_unparsed == 2 and abs(r.win + r.tie + r.lose - 1) < 1e-9
+    for name in ('ds2', 'lima'):
+        assert (tmp_path / 'cmp' / 'models' / name / 'adapter').exists()
+        assert len(json.loads((tmp_path / 'cmp' / 'answers' / name / 'vicuna.json').read_text())['answers']) == 2
+    saved = json.loads((tmp_path / 'cmp' / 'judge' / 'vicuna.json').read_text())
+    assert saved['kind'] == 'pairwise_judge' and saved['model_a'] == 'ds2' and saved['model_b'] == 'lima'

@@ -296,3 +296,10 @@ def test_real_smollm2_through_the_fault_proxy(smollm2_url):
     with ScriptedServer(upstream=smollm2_url) as proxy:
         df = OpenAIRater('smollm2', base_url=proxy.url, mode='logprob', timeout=120).rate(s, progress=False)
     assert df.status[0] in ('ok', 'unparsed') and df.prompt_tokens[0] > 50
+
+
+def test_cli_backend_options_are_parsed():
+    from llm_curate.rate import _options
+    assert _options(['num_threads=1', 'device=cuda', 'logprob-prefill=Overall rating: ', 'top_k=null']) == {
+        'num_threads': 1, 'device': 'cuda', 'logprob_prefill': 'Overall rating: ', 'top_k': None}
+    with pytest.raises(ValueError, match='expected KEY=VALUE'): _options(['num_threads'])

@@ -52,6 +52,7 @@ def main(argv=None):
     from llm_curate.embed import embed_texts
     from llm_curate.curate import curate_scores
     from llm_curate.select import select
+    from llm_curate.pipeline import quantile_levels
 
     t0 = time.perf_counter()
     items = load(a.limit or None, a.seed)
@@ -74,11 +75,8 @@ def main(argv=None):
 
     keep = np.flatnonzero(ok)
     pool = samples.select(keep)
+    if a.levels == 'quantile': table = quantile_levels(table)  # the pipeline's `rate.calibrate: quantile`
     scores = table['score'].to_numpy()[keep].astype(int)
-    if a.levels == 'quantile':
-        ex = pd.to_numeric(table['expected_raw'], errors='coerce').to_numpy(dtype=float)[keep]
-        ex = np.where(np.isfinite(ex), ex, scores)
-        scores = np.minimum((pd.Series(ex).rank(method='first').to_numpy() - 1) * 6 // len(ex), 5).astype(int)
     Xk = X[keep]
     rep = curate_scores(Xk, scores, ids=list(pool['id']))
     y = label.loc[list(pool['id'])].to_numpy()

@@ -254,13 +254,7 @@ def _stage_rate(cfg, ctx: RunContext) -> str:
         from llm_curate.rate import make_rater
         kw = {k: c[k] for k in ('mode', 'max_sample_tokens', 'base_url', 'api_key_env', 'concurrency', 'batch_size') if c[k] is not None}
         rater = make_rater(c['backend'], c['rater'], **{**kw, **c['options']})
-        threads = None
-        if 'num_threads' in c['options']:  # a local backend sets torch's threads process-wide: restore them for later stages
-            from llm_curate.data import need
-            threads = need('torch', 'train').get_num_threads()
-        try: table = rater.rate(ds, out=ctx.run_dir / 'rating', progress=ctx.progress)
-        finally:
-            if threads: need('torch', 'train').set_num_threads(threads)
+        table = rater.rate(ds, out=ctx.run_dir / 'rating', progress=ctx.progress)
     if c['calibrate'] == 'quantile': table = quantile_levels(table)
     with atomic_write(ctx.run_dir / 'ratings.parquet', 'wb') as f: table.to_parquet(f, index=False)
     counts = table['status'].value_counts().to_dict()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01b_rate_local.ipynb #168d6cf1
 from __future__ import annotations
-import copy, functools, inspect, itertools, json, logging, math, time
+import contextlib, copy, functools, inspect, itertools, json, logging, math, time
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
@@ -308,6 +308,15 @@ def auto_dtype(device: str) -> str:  # 'cpu', 'cuda', 'cuda:1', …
         except Exception: pass
     return 'float32'
 
+@contextlib.contextmanager
+def _torch_threads(n: int | None): # torch intra-op threads for the block; None = leave as is
+    "Set torch's (process-wide) thread count for one call and put the previous one back afterwards."
+    if not n: yield; return
+    torch = need('torch', 'train'); prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(prev)
+
 def _prefilled(requests: list, prefill: str | None) -> list:
     "Logprob requests with the judge's answer started by `prefill` (an assistant turn the model continues)."
     if not prefill: return requests
@@ -325,7 +334,7 @@ class TransformersRater(Rater):
                  max_batch_tokens: int | None = None, # padded tokens per forward pass; default 8192 on CPU, 65536 on GPU
                  prefix_cache: bool = True,      # reuse the KV cache of the rubric prefix shared by all prompts
                  top_k: int = 20,                # logprob mode: unparsed when no score token is among the top_k next tokens
-                 num_threads: int | None = None, # CPU: torch intra-op threads (process-wide `torch.set_num_threads`); None = leave as is
+                 num_threads: int | None = None, # CPU: torch intra-op threads while this rater computes (restored after each call); None = leave as is
                  logprob_prefill: str | None = None, # logprob mode: start the judge's answer with this text, e.g. 'Overall rating: '
                  batch_size: int = 256,          # requests per `_complete` call (length sorting happens inside each call)
                  **kw):                          # Rater options: rubric, mode, max_sample_tokens, max_tokens, max_reasks, name
@@ -340,7 +349,6 @@ class TransformersRater(Rater):
         "The engine, loading the model on first use."
         if self._engine is None:
             torch = need('torch', 'train')
-            if self.num_threads: torch.set_num_threads(self.num_threads)
             if self._loaded is None:
                 from llm_curate.models import load_causal_lm
                 dev = self.device or ('cuda' if torch.cuda.is_available() else 'cpu')
@@ -358,6 +366,9 @@ class TransformersRater(Rater):
         return len(self.engine().tokenizer.encode(text, add_special_tokens=False))
 
     def _complete(self, requests: list) -> list:
+        with _torch_threads(self.num_threads): return self._complete_batch(requests)
+
+    def _complete_batch(self, requests: list) -> list:
         eng, out = self.engine(), []
         groups, requests = {}, _prefilled(requests, self.logprob_prefill)
         for r in requests: groups.setdefault((r['mode'], r['max_tokens']), []).append(r)
@@ -380,7 +391,8 @@ class TransformersRater(Rater):
         return out
 
     def _generate(self, conversations: list, max_tokens: int, temperature: float) -> list:
-        return [x['text'] for x in self.engine().generate(conversations, max_new_tokens=max_tokens, temperature=temperature)]
+        with _torch_threads(self.num_threads):
+            return [x['text'] for x in self.engine().generate(conversations, max_new_tokens=max_tokens, temperature=temperature)]
 
 # %% ../nbs/01b_rate_local.ipynb #3675486f
 def rubric_json_schema(rubric=DS2_RUBRIC, # the rubric: its criteria and raw scale

@@ -7,7 +7,8 @@ item), embed them with MiniLM, curate the scores (DS2), let each method take 10%
 Claude-approved items in each subset (random: ~10%). Ratings and embeddings are cached, so a run can be resumed
 or grown with a larger --limit.
 
-    python benchmarks/alpagasus_claude.py --limit 1000 [--out DIR] [--device cuda] [--rater smollm2]
+    python benchmarks/alpagasus_claude.py --limit 1000 [--out DIR] [--device cuda] [--rater smollm2] [--levels quantile]
+(05_select reports `--limit 0 --levels quantile`.)
 --limit takes a seeded uniform sample (the approved share stays ~10%); the full 9,229 (--limit 0) took 10 min on a
 2-core CPU with SmolLM2 (rating 494 s, embedding 107 s) and should take a few minutes on a GPU.
 """
@@ -42,6 +43,7 @@ def main(argv=None):
     p.add_argument('--device', default=None, help='torch device for rating and embedding')
     p.add_argument('--budget', type=float, default=0.1, help='fraction selected')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--clusters', type=int, default=100, help='k-means clusters of the embeddings for the coverage column')
     p.add_argument('--levels', choices=['rubric', 'quantile'], default='rubric',
                    help="rubric: the DS2 levels of the rating; quantile: 6 equal-frequency levels of the expected score "
                         "(for a small judge whose ratings pile up in one level)")
@@ -51,7 +53,7 @@ def main(argv=None):
     from llm_curate.rate import make_rater
     from llm_curate.embed import embed_texts
     from llm_curate.curate import curate_scores
-    from llm_curate.select import select
+    from llm_curate.select import select, kmeans_labels
     from llm_curate.pipeline import quantile_levels
 
     t0 = time.perf_counter()
@@ -88,10 +90,13 @@ def main(argv=None):
     er = np.where(np.isfinite(er), er, scores)
     r = pd.Series(er).rank().to_numpy()
     auc = (r[y].sum() - y.sum() * (y.sum() + 1) / 2) / max(y.sum() * (~y).sum(), 1)
+    clusters = kmeans_labels(Xk, a.clusters, seed=a.seed)   # coverage: share of these k-means clusters a subset hits
+    pos = pd.Series(np.arange(len(pool)), index=list(pool['id']))
     rows = []
     for m in METHODS:
         sel = select(pool, m, a.budget, report=rep, X=Xk, seed=a.seed)
-        rows.append({'method': m, 'n': len(sel), 'claude_approved': float(label.loc[sel.ids].mean())})
+        rows.append({'method': m, 'n': len(sel), 'claude_approved': float(label.loc[sel.ids].mean()),
+                     'coverage': len(np.unique(clusters[pos.loc[sel.ids].to_numpy()])) / a.clusters})
     res = pd.DataFrame(rows).set_index('method')
     print(f"AUC of the judge's expected score for Claude approval: {auc:.3f} (0.5 = chance)")
     print(res.round(3).to_markdown())

@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 # %% auto #0
 __all__ = ['logger', 'EXTRAS', 'FORMATS', 'FORMAT_ALIASES', 'ROLES', 'SUFFIXES', 'need', 'atomic_write', 'DataError',
-           'detect_format', 'to_messages', 'render_conversation', 'sample_id', 'iter_records', 'LoadStats',
-           'default_cache_dir', 'load_samples', 'save_samples', 'add_cli']
+           'detect_format', 'to_messages', 'render_conversation', 'sample_id', 'iter_records', 'read_table',
+           'LoadStats', 'default_cache_dir', 'load_samples', 'save_samples', 'add_cli']
 
 # %% ../nbs/00_data.ipynb #e8856b1e
 logger = logging.getLogger(__name__)
@@ -240,6 +240,27 @@ def iter_records(path: str | os.PathLike, # a .jsonl/.json/.parquet/.csv file, o
         if isinstance(rec, DataError) and on_error == 'raise': raise rec
         yield where, rec
     if n == 0: raise DataError(f"{path}: the file is empty (no records). Remove it or fill it with one record per line.", 'empty_file')
+
+# %% ../nbs/00_data.ipynb #1ecc383f
+def read_table(path: str | os.PathLike,  # a .parquet, .csv, .jsonl or .json file (optionally .gz)
+               what: str = 'table',      # what the file should hold, for error messages ('rating table', ...)
+               required: tuple = (),     # columns that must be present
+              ) -> "pd.DataFrame":
+    "Read a small table by its file type, `id` as text, with errors that name the file and the missing columns."
+    import pandas as pd
+    path = Path(path)
+    kind = _kind(path)
+    if kind is None: raise DataError(f"{path}: unsupported file type for the {what}; use one of {', '.join(SUFFIXES)} (optionally .gz)")
+    if not path.exists(): raise FileNotFoundError(f"{path}: no such file (expected the {what})")
+    try:
+        if kind == '.parquet': df = pd.read_parquet(path)
+        elif kind == '.csv': df = pd.read_csv(path, dtype={'id': str})
+        else: df = pd.read_json(path, lines=kind == '.jsonl', dtype={'id': str})
+    except (ValueError, OSError) as e: raise DataError(f"{path}: cannot read the {what} as {kind.lstrip('.')} ({e}).") from None
+    miss = [c for c in required if c not in df.columns]
+    if miss: raise DataError(f"{path}: the {what} needs columns {list(required)}; missing {miss} (it has {list(df.columns)[:10]}).")
+    if 'id' in df.columns: df['id'] = df['id'].astype(str)
+    return df
 
 # %% ../nbs/00_data.ipynb #9e631db5
 @dataclass

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from llm_curate.select import (METHODS, Selection, select, synthetic_pool, register_method, Picked, _rank,
-                               diversity_walk, selection_quality)
+                               diversity_walk, selection_quality, oracle_selection, kmeans_labels)
 
 
 def fake_report(sp, fix=0.7, seed=0):
@@ -80,6 +80,35 @@ def test_curation_improves_true_score(sp, rep):
     sels = {m: select(sp.samples, m, 60, report=rep, X=sp.X, seed=0) for m in ['ds2', 'ds2_raw', 'random']}
     q = selection_quality(sp, sels, n_clusters=20)
     assert q.loc['ds2', 'mean_true_score'] >= q.loc['ds2_raw', 'mean_true_score'] > q.loc['random', 'mean_true_score']
+
+
+def test_oracle_is_the_quality_ceiling_and_metrics_are_exact(sp, rep):
+    sels = {m: select(sp.samples, m, 60, report=rep, X=sp.X, seed=0) for m in ['ds2', 'alpagasus', 'random']}
+    sels['oracle'] = oracle_selection(sp, 60)
+    q = selection_quality(sp, sels, n_clusters=20)
+    assert (q.loc['oracle', 'mean_true_score'] >= q['mean_true_score']).all()
+    top = sp.true >= sp.true.max() - 1
+    pos = {s['id']: i for i, s in enumerate(sp.samples)}
+    idx = np.array([pos[i] for i in sels['oracle'].ids])
+    assert q.loc['oracle', 'share_top'] == min(1, top.sum() / 60) == top[idx].mean()   # all truly top ones first
+    lab = kmeans_labels(sp.X, 20, 0)
+    for name, sel in sels.items():   # top_coverage counts only truly top samples: recomputed by hand
+        idx = np.array([pos[i] for i in sel.ids])
+        expect = len(set(lab[idx[top[idx]]])) / len(set(lab[top]))
+        assert abs(q.loc[name, 'top_coverage'] - expect) < 1e-12
+
+
+def test_subtopics_vary_quality_inside_topics_and_keep_neighbours_alike():
+    flat, sub = synthetic_pool(3000, n_clusters=30, seed=1), synthetic_pool(3000, n_clusters=30, subtopics=4, within=1.5, seed=1)
+    spread_in_topic = lambda p: np.mean([p.true[p.topic == t].std() for t in np.unique(p.topic)])
+    assert spread_in_topic(flat) == 0 and spread_in_topic(sub) > 0.5
+    # nearest neighbour (not itself) shares the true score far more often than a random sample of its topic
+    S = sub.X @ sub.X.T; np.fill_diagonal(S, -2)
+    nn_same = (sub.true[S.argmax(1)] == sub.true).mean()
+    topic_same = np.mean([(sub.true[sub.topic == sub.topic[i]] == sub.true[i]).mean() for i in range(0, 3000, 10)])
+    assert nn_same > topic_same + 0.2
+    assert synthetic_pool(500, subtopics=4, seed=2).true.tolist() == synthetic_pool(500, subtopics=4, seed=2).true.tolist()
+    assert synthetic_pool(500, seed=2).true.tolist() == synthetic_pool(500, subtopics=1, within=3.0, seed=2).true.tolist()
 
 
 def test_alpagasus_draws_dataset_positions():
@@ -242,6 +271,23 @@ def test_cli_select_end_to_end(tmp_path, sp, rep):
     r = run_cli('select', pool, '--method', 'random', '--budget', '1000', '--out', tmp_path / 'x.jsonl')
     assert r.returncode == 1 and 'exceeds the pool (600 samples)' in r.stderr
 
+
+
+def test_cli_bad_scores_tables_name_file_and_fix(tmp_path, sp):
+    pool = tmp_path / 'pool.jsonl'
+    pool.write_text(''.join(json.dumps(s) + '\n' for s in sp.samples[:50]))
+    pd.DataFrame({'id': [s['id'] for s in sp.samples[:50]], 'rating': 3}).to_csv(tmp_path / 'r.csv', index=False)
+    (tmp_path / 'r.txt').write_text('id score\n')
+    for bad, msg in [('r.csv', "r.csv: the scores table needs columns ['id', 'score']; missing ['score']"),
+                     ('r.txt', 'r.txt: unsupported file type for the scores table'),
+                     ('gone.parquet', 'gone.parquet: no such file (expected the scores table)')]:
+        out = tmp_path / 'sub.jsonl'
+        r = run_cli('select', pool, '--id-field', 'id', '--method', 'ds2_raw', '--budget', '5', '--scores', tmp_path / bad, '--out', out)
+        assert r.returncode != 0 and msg in r.stderr, r.stderr
+        assert 'Traceback' not in r.stderr and not out.exists()
+    r = run_cli('curate', '--scores', tmp_path / 'r.csv', '--embeddings', tmp_path / 'none', '--out', tmp_path / 'cur')
+    assert r.returncode != 0 and "r.csv: the rating table (`llm_curate rate --export`) needs columns ['id', 'score']" in r.stderr, r.stderr
+    assert not (tmp_path / 'cur').exists()
 
 
 def test_with_real_curation_report(sp, tmp_path):

@@ -503,7 +503,7 @@ def curate_ratings(table: pd.DataFrame,       # rating table (see `scores_from_r
                                                       'embedding_model': meta.get('model'), 'ratings': counts}, **kw)
 
 def _cmd_curate(args) -> int:
-    table = read_table(args.scores, 'rating table (`llm_curate rate --export`)', required=('id', 'score'))
+    table = read_table(args.scores, 'rating table (from `llm_curate rate --export`)', required=('id', 'score'))
     raters = [args.rater] if args.rater else (list(pd.unique(table['rater'].astype(str))) if 'rater' in table.columns else [None])
     kw = dict(k=args.k, confidence=args.confidence, sample_size=args.sample_size, random_state=args.seed, soft=args.soft)
     for r in raters:

@@ -251,7 +251,7 @@ def read_table(path: str | os.PathLike,  # a .parquet, .csv, .jsonl or .json fil
     path = Path(path)
     kind = _kind(path)
     if kind is None: raise DataError(f"{path}: unsupported file type for the {what}; use one of {', '.join(SUFFIXES)} (optionally .gz)")
-    if not path.exists(): raise FileNotFoundError(f"{path}: no such file (expected the {what})")
+    if not path.exists(): raise FileNotFoundError(f"{path}: no such file; expected the {what}")
     try:
         if kind == '.parquet': df = pd.read_parquet(path)
         elif kind == '.csv': df = pd.read_csv(path, dtype={'id': str})

@@ -121,4 +121,4 @@ def test_cli_curate_errors(tmp_path):
     r = run('curate', '--scores', str(tmp_path / 'r.parquet'), '--embeddings', str(tmp_path / 'emb'), '--out', str(tmp_path / 'o'))
     assert r.returncode != 0 and 'have no embedding' in r.stderr
     r = run('curate', '--scores', str(tmp_path / 'missing.parquet'), '--embeddings', str(tmp_path / 'emb'), '--out', str(tmp_path / 'o'))
-    assert r.returncode != 0 and 'not found' in r.stderr
+    assert r.returncode != 0 and 'missing.parquet: no such file; expected the rating table' in r.stderr

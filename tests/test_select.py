@@ -280,13 +280,13 @@ def test_cli_bad_scores_tables_name_file_and_fix(tmp_path, sp):
     (tmp_path / 'r.txt').write_text('id score\n')
     for bad, msg in [('r.csv', "r.csv: the scores table needs columns ['id', 'score']; missing ['score']"),
                      ('r.txt', 'r.txt: unsupported file type for the scores table'),
-                     ('gone.parquet', 'gone.parquet: no such file (expected the scores table)')]:
+                     ('gone.parquet', 'gone.parquet: no such file; expected the scores table')]:
         out = tmp_path / 'sub.jsonl'
         r = run_cli('select', pool, '--id-field', 'id', '--method', 'ds2_raw', '--budget', '5', '--scores', tmp_path / bad, '--out', out)
         assert r.returncode != 0 and msg in r.stderr, r.stderr
         assert 'Traceback' not in r.stderr and not out.exists()
     r = run_cli('curate', '--scores', tmp_path / 'r.csv', '--embeddings', tmp_path / 'none', '--out', tmp_path / 'cur')
-    assert r.returncode != 0 and "r.csv: the rating table (`llm_curate rate --export`) needs columns ['id', 'score']" in r.stderr, r.stderr
+    assert r.returncode != 0 and "r.csv: the rating table (from `llm_curate rate --export`) needs columns ['id', 'score']" in r.stderr, r.stderr
     assert not (tmp_path / 'cur').exists()
 
 

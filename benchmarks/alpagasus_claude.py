@@ -91,12 +91,11 @@ def main(argv=None):
     r = pd.Series(er).rank().to_numpy()
     auc = (r[y].sum() - y.sum() * (y.sum() + 1) / 2) / max(y.sum() * (~y).sum(), 1)
     clusters = kmeans_labels(Xk, a.clusters, seed=a.seed)   # coverage: share of these k-means clusters a subset hits
-    pos = pd.Series(np.arange(len(pool)), index=list(pool['id']))
     rows = []
     for m in METHODS:
         sel = select(pool, m, a.budget, report=rep, X=Xk, seed=a.seed)
         rows.append({'method': m, 'n': len(sel), 'claude_approved': float(label.loc[sel.ids].mean()),
-                     'coverage': len(np.unique(clusters[pos.loc[sel.ids].to_numpy()])) / a.clusters})
+                     'coverage': len(np.unique(clusters[sel.positions])) / a.clusters})
     res = pd.DataFrame(rows).set_index('method')
     print(f"AUC of the judge's expected score for Claude approval: {auc:.3f} (0.5 = chance)")
     print(res.round(3).to_markdown())

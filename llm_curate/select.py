@@ -272,7 +272,7 @@ class Selection:
         sig = np.array([np.nan if x is None else x for x in m['signal']], dtype=float)
         return cls(m['ids'], sig, m['reasons'], m['method'], m['params'], m['pool_size'], None, samples)
 
-# %% ../nbs/05_select.ipynb #c2f305a6
+# %% ../nbs/05_select.ipynb #d532834c
 def _budget(budget, n: int, method: str) -> int | None:
     if budget is None:
         if method == 'full': return None
@@ -287,7 +287,7 @@ def _budget(budget, n: int, method: str) -> int | None:
         raise ValueError(f"The budget ({budget}) exceeds the pool ({n} samples): pass budget <= {n}, or method='full' to take the whole pool.")
     return budget
 
-def select(samples,                     # the pool: datasets.Dataset, list of dicts or DataFrame with `id` (and `messages`)
+def select(samples,                     # the pool: datasets.Dataset, list of dicts or DataFrame with `id` (and `messages`), or a `Pool` (reused across calls)
            method: str,                 # a name in `METHODS`: 'ds2', 'ds2_raw', 'random', 'full', 'completion_length', 'perplexity', 'knn', 'alpagasus', 'deita', 'less', ...
            budget: int | float | None,  # samples to keep (int), or a fraction of the pool (float in (0, 1)); None only for 'full'
            *,
@@ -300,7 +300,11 @@ def select(samples,                     # the pool: datasets.Dataset, list of di
     "Select `budget` samples of the pool with `method`; returns ids in rank order with a reason each."
     if method not in METHODS: raise ValueError(f"Unknown selection method {method!r}. Registered: {', '.join(sorted(METHODS))}. Add one with @register_method.")
     spec = METHODS[method]
-    pool = Pool(samples, report=report, scores=scores, X=X)
+    if isinstance(samples, Pool):   # a pool built once serves many selections (its k-NN distances are cached)
+        if report is not None or scores is not None or X is not None:
+            raise ValueError("select got a Pool and report/scores/X: give the signals to the Pool, or pass the samples instead of a Pool.")
+        pool = samples
+    else: pool = Pool(samples, report=report, scores=scores, X=X)
     b = _budget(budget, pool.n, method)
     params = {**spec.defaults, **kw}
     hints = {'scores': "pass scores=... (raw ratings) or report=... (a CurationReport)", 'report': "pass report=curate_scores(X, scores)",
@@ -318,7 +322,7 @@ def select(samples,                     # the pool: datasets.Dataset, list of di
     if b is not None and len(idx) < b: logger.info("%s picked %d samples, fewer than the budget of %d (see the reasons)", method, len(idx), b)
     out_params = {'budget': b, 'seed': seed, **{k: _jsonable(v) for k, v in params.items()}}
     return Selection([pool.ids[i] for i in idx], np.asarray(p.signal, dtype=float), list(p.reasons), method, out_params,
-                     pool.n, idx, samples)
+                     pool.n, idx, pool.samples)
 
 # %% ../nbs/05_select.ipynb #2d28b688
 def _scored(pool: Pool, curated: bool, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -633,7 +637,7 @@ def less(pool, budget, rng, target=None, **kw):
     idx = _rank(rng, s)[:budget]
     return Picked(idx, s[idx], [f"gradient cosine to the target set {s[i]:.4f}" for i in idx])
 
-# %% ../nbs/05_select.ipynb #523cf84f
+# %% ../nbs/05_select.ipynb #a6021f19
 def write_subsets(samples,                    # the pool (datasets.Dataset, list of dicts or DataFrame)
                   methods: Sequence[str],     # method names, e.g. ['ds2', 'ds2_raw', 'random']
                   sizes: Sequence[int],       # budgets, e.g. [2_500, 5_000, 10_000, 20_000, 40_000]
@@ -653,9 +657,10 @@ def write_subsets(samples,                    # the pool (datasets.Dataset, list
     if isinstance(samples, pd.DataFrame): samples = datasets.Dataset.from_pandas(samples, preserve_index=False)
     elif isinstance(samples, (list, tuple)): samples = datasets.Dataset.from_list(list(samples))
     out, rows = Path(out_dir), []
+    pool = Pool(samples, report=report, scores=scores, X=X)   # one pool: signals aligned and k-NN distances computed once
     jobs = [(m, int(b)) for m in methods for b in sizes]
     for m, b in tqdm(jobs, desc='subsets', disable=not progress):
-        sel = select(samples, m, b, report=report, scores=scores, X=X, seed=seed, **(method_kw or {}).get(m, {}))
+        sel = select(pool, m, b, seed=seed, **(method_kw or {}).get(m, {}))
         path = out / m / f'{b}.{ext}'
         mp = _manifest_path(path)
         done = path.exists() and mp.exists() and json.loads(mp.read_text()).get('hash') == sel.hash

@@ -303,6 +303,21 @@ def test_with_real_curation_report(sp, tmp_path):
         select(sp.samples, 'knn', 5, report=rep.frame)     # a bare frame has no k recorded
 
 
+def test_pool_built_once_serves_many_selections(sp, rep, tmp_path, monkeypatch):
+    from llm_curate.select import Pool, write_subsets
+    import llm_curate.knn
+    pool = Pool(sp.samples, report=rep, X=sp.X)
+    for m in ['knn', 'ds2', 'deita', 'random']:
+        assert select(pool, m, 40, seed=1).ids == select(sp.samples, m, 40, report=rep, X=sp.X, seed=1).ids
+    with pytest.raises(ValueError, match='select got a Pool and report/scores/X'): select(pool, 'ds2', 10, report=rep)
+    calls, real = [], llm_curate.knn.knn_graph
+    monkeypatch.setattr(llm_curate.knn, 'knn_graph', lambda *a, **k: calls.append(1) or real(*a, **k))
+    table = pd.DataFrame({'id': rep['id'], 'score': rep['score']})
+    got = write_subsets(sp.samples, ['knn', 'ds2_raw'], [20, 40, 80], tmp_path, scores=table, X=sp.X, progress=False)
+    assert len(got) == 6 and len(calls) == 1   # the k-NN graph is computed once for all methods and sizes
+    assert got.set_index(['method', 'size']).loc[('knn', 40), 'hash'] == select(sp.samples, 'knn', 40, scores=table, X=sp.X).hash
+
+
 def test_write_subsets_resumes(tmp_path, sp, rep):
     from llm_curate.select import write_subsets
     t = write_subsets(sp.samples, ['ds2', 'random'], [10, 20], tmp_path, report=rep, progress=False)

@@ -197,15 +197,15 @@ def load_embeddings(path: str | os.PathLike,  # folder written by `save_embeddin
     meta = json.loads((path / 'meta.json').read_text(encoding='utf-8')) if (path / 'meta.json').exists() else {}
     return X, ids, meta
 
-# %% ../nbs/02_embed.ipynb #78effbcc
-def embed_samples(samples,                    # datasets.Dataset / list of dicts with `id` and `messages`
+# %% ../nbs/02_embed.ipynb #7e4369fe
+def embed_samples(samples,                    # datasets.Dataset / DataFrame / list of dicts with `id` and `messages`
                   model: str | None = None,   # see `embed_texts`
                   **kw,                       # more `embed_texts` arguments
                  ) -> tuple[np.ndarray, list[str]]:  # X (N, d), ids (N,)
     "Embed conversations (rendered with `render_conversation`), keyed by sample id."
-    rows = samples.select_columns(['id', 'messages']) if hasattr(samples, 'select_columns') else samples
-    ids = [str(r['id']) for r in rows]
-    texts = [render_conversation(r['messages']) for r in rows]
+    from llm_curate.rate import iter_samples   # one pass over the records, each checked
+    ids, texts = [], []
+    for sid, msgs in iter_samples(samples): ids.append(sid); texts.append(render_conversation(msgs))
     return embed_texts(texts, model=model, ids=ids, **kw), ids
 
 def _cmd_embed(args) -> int:

@@ -16,7 +16,7 @@ __all__ = ['logger', 'check_embeddings', 'dedupe_rows', 'KNNGraph', 'knn_graph']
 # %% ../nbs/03_knn.ipynb #e7a3a8ba
 logger = logging.getLogger(__name__)
 
-# %% ../nbs/03_knn.ipynb #2ac50826
+# %% ../nbs/03_knn.ipynb #92fc168b
 def check_embeddings(X,                     # (N, d) embeddings, any float dtype
                      where: str = 'X',      # name used in error messages
                     ) -> np.ndarray:        # (N, d) float32, unit-norm rows (X itself when it already is)
@@ -24,7 +24,6 @@ def check_embeddings(X,                     # (N, d) embeddings, any float dtype
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(f"{where} must be a non-empty 2-D array (N samples x d dimensions). Got shape {X.shape}.")
-    if not np.issubdtype(X.dtype, np.floating): X = X.astype(np.float32)
     X = X.astype(np.float32, copy=False)
     norms = np.empty(len(X), np.float32)
     for s in range(0, len(X), 65536):  # chunked: no (N, d) temporary

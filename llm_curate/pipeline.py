@@ -202,11 +202,12 @@ class RunContext:
                                                  cache_dir=self.run_dir / '.cache', progress=False)
         return self.cache['samples']
 
-# %% ../nbs/10_pipeline.ipynb #0ade2d50
+# %% ../nbs/10_pipeline.ipynb #d891e999
 def _source_fingerprint(cfg):
     src = Path(cfg['data']['source'])
     if not src.exists(): return {'hub': cfg['data']['source']}
-    files = sorted(p for p in src.rglob('*') if p.is_file()) if src.is_dir() else [src]
+    from llm_curate.data import _local_files   # the files load_samples reads, so other files in the folder change nothing
+    files = _local_files(src)
     return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
 
 def _stage_load(cfg, ctx: RunContext) -> str:

@@ -5,8 +5,10 @@ time with median 300 ms and p99 3 s, the same capacity for both). Run: python be
 """
 import argparse, concurrent.futures, statistics, sys, tempfile, time
 
-from llm_curate.rate import DS2_RUBRIC, OpenAIRater, parse_rating
-from llm_curate.servers import spawn_scripted
+from llm_curate.rubric import DS2_RUBRIC
+from llm_curate.parse import parse_rating
+from llm_curate.openai_rate import OpenAIRater
+from llm_curate.testing import spawn_scripted
 
 
 def samples(n):

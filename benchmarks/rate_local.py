@@ -42,7 +42,7 @@ def build_model(name, device, dtype, layers=None):
 def prompts(tok, n, sample_tokens):
     from importlib import resources
     from llm_curate.data import load_samples
-    from llm_curate.rate import DS2_RUBRIC
+    from llm_curate.rubric import DS2_RUBRIC
     ds = load_samples(str(resources.files('llm_curate').joinpath('assets', 't0_pool_5k.jsonl.gz')), progress=False)
     count = lambda s: len(tok.encode(s, add_special_tokens=False))
     js = [DS2_RUBRIC.messages(ds[i]['messages'], 'json', sample_tokens, count)[0] for i in range(n)]

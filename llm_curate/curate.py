@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .data import need, atomic_write, read_table
+from .rubric import DS2_RUBRIC
 from .knn import knn_graph, check_embeddings, KNNGraph
 from .embed import load_embeddings, save_embeddings
 
 # %% auto #0
-__all__ = ['logger', 'RAW_TO_LEVEL', 'make_noisy_scores', 'ordinal_noise', 'empirical_T', 'check_scores', 'consensus_counts',
-           'hoc_loss_grad', 'fit_transition', 'neighbour_votes', 'flag_fraction', 'longtail_score', 'ScoreCurator',
-           'CurationReport', 'curate_scores', 'plot_transition_matrix', 'plot_curation', 'scores_from_ratings',
-           'curate_ratings', 'add_cli']
+__all__ = ['logger', 'make_noisy_scores', 'ordinal_noise', 'empirical_T', 'check_scores', 'consensus_counts', 'hoc_loss_grad',
+           'fit_transition', 'neighbour_votes', 'flag_fraction', 'longtail_score', 'ScoreCurator', 'CurationReport',
+           'curate_scores', 'plot_transition_matrix', 'plot_curation', 'scores_from_ratings', 'curate_ratings',
+           'add_cli']
 
 # %% ../nbs/04_curate.ipynb #425610bd
 logger = logging.getLogger(__name__)
@@ -441,8 +442,6 @@ def plot_curation(report: CurationReport,  # from `curate_scores`
     return fig
 
 # %% ../nbs/04_curate.ipynb #fe28dba0
-RAW_TO_LEVEL = np.array([0, 0, 0, 0, 1, 2, 3, 4, 5, 5])  # raw rating 1..10 -> level 0..5 (SPEC.md step 1)
-
 def scores_from_ratings(table: pd.DataFrame,   # rating table: id, score, optionally status, rater, score_probs
                         rater: str | None = None,  # keep this rater's rows (required when several are present)
                         soft: bool = False,    # use score_probs as (N, 6) distributions where every ok row has them
@@ -474,9 +473,7 @@ def scores_from_ratings(table: pd.DataFrame,   # rating table: id, score, option
     ids = t['id'].astype(str).tolist()
     if soft and 'score_probs' in t.columns and t['score_probs'].notna().all() and len(t):
         R = np.stack([np.asarray(p, float) for p in t['score_probs']])
-        if R.shape[1] != 10: raise ValueError(f"score_probs must hold 10 probabilities (raw ratings 1..10). Got {R.shape[1]}.")
-        P = np.zeros((len(R), 6)); np.add.at(P.T, RAW_TO_LEVEL, R.T)
-        P = P / np.maximum(P.sum(1, keepdims=True), 1e-12)
+        P = DS2_RUBRIC.level_probs(R)   # (N, 10) over raw ratings 1..10 -> (N, 6) over the levels
         counts['soft'] = True
         return ids, P, counts
     if soft: logger.warning("soft scores asked for but score_probs are missing for some rows: using the integer scores.")

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Iterator
 # %% auto #0
 __all__ = ['logger', 'EXTRAS', 'FORMATS', 'FORMAT_ALIASES', 'ROLES', 'SUFFIXES', 'need', 'atomic_write', 'DataError',
            'detect_format', 'to_messages', 'render_conversation', 'sample_id', 'iter_records', 'read_table',
-           'LoadStats', 'default_cache_dir', 'load_samples', 'save_samples', 'add_cli']
+           'LoadStats', 'default_cache_dir', 'load_samples', 'save_samples', 'iter_samples', 'add_cli']
 
 # %% ../nbs/00_data.ipynb #e8856b1e
 logger = logging.getLogger(__name__)
@@ -478,6 +478,26 @@ def save_samples(ds,                         # a `datasets.Dataset` or a list of
             f.write(('\n'.join(lines) + '\n').encode('utf-8')); bar.update(len(lines))
         if f is not raw: f.close()
     return path
+
+# %% ../nbs/00_data.ipynb #33843a91
+def iter_samples(samples, # a `datasets.Dataset`, a DataFrame, or a list of dicts, each with 'id' (str) and 'messages'
+                ):        # yields (id, messages)
+    "Iterate `(id, messages)` over any accepted sample container, checking each record."
+    import pandas as pd
+    if isinstance(samples, pd.DataFrame): samples = samples.to_dict('records')
+    elif hasattr(samples, 'select_columns') and hasattr(samples, 'column_names'):
+        missing = [c for c in ('id', 'messages') if c not in samples.column_names]
+        if missing: raise ValueError(f"The samples have no {missing[0]!r} column (columns: {samples.column_names}). Load them with llm_curate.data.load_samples.")
+        samples = samples.select_columns(['id', 'messages'])
+    for i, s in enumerate(samples):
+        if not isinstance(s, dict) or 'id' not in s or 'messages' not in s:
+            raise ValueError(f"Sample {i} must be a dict with 'id' and 'messages'; got {type(s).__name__} with keys {list(s) if isinstance(s, dict) else '-'}. "
+                             "Load the pool with llm_curate.data.load_samples.")
+        msgs = s['messages']
+        if not isinstance(msgs, (list, tuple)) or not all(isinstance(m, dict) and 'role' in m and 'content' in m for m in msgs):
+            raise ValueError(f"Sample {i} (id {s['id']!r}): 'messages' must be a list of {{role, content}} dicts; got {str(msgs)[:80]!r}.")
+        yield str(s['id']), list(msgs)
+
 
 # %% ../nbs/00_data.ipynb #9e151786
 def _cmd_convert(args) -> int:

@@ -8,7 +8,7 @@ import hashlib, json, logging, os, re, time
 from pathlib import Path
 from typing import Sequence
 import numpy as np
-from .data import need, atomic_write, default_cache_dir, render_conversation
+from .data import need, atomic_write, default_cache_dir, render_conversation, iter_samples
 
 # %% auto #0
 __all__ = ['logger', 'DEFAULT_MODEL', 'resolve_embed_model', 'EmbeddingCache', 'load_embedder', 'embed_texts', 'save_embeddings',
@@ -203,7 +203,6 @@ def embed_samples(samples,                    # datasets.Dataset / DataFrame / l
                   **kw,                       # more `embed_texts` arguments
                  ) -> tuple[np.ndarray, list[str]]:  # X (N, d), ids (N,)
     "Embed conversations (rendered with `render_conversation`), keyed by sample id."
-    from llm_curate.rate import iter_samples   # one pass over the records, each checked
     ids, texts = [], []
     for sid, msgs in iter_samples(samples): ids.append(sid); texts.append(render_conversation(msgs))
     return embed_texts(texts, model=model, ids=ids, **kw), ids

@@ -32,3 +32,23 @@ def test_import_is_fast():
 
 def test_expected_modules_present():
     assert {'data', 'models', 'cli'} <= set(MODULES)
+
+
+def test_test_doubles_live_in_testing():
+    "No runtime module defines a fake server: the scripted server and fake judge are in llm_curate.testing only."
+    out = clean_python("import llm_curate.testing as t; print(t.ScriptedServer.__module__, t.fake_rating.__module__)")
+    assert out.split() == ['llm_curate.testing', 'llm_curate.testing']
+    import pathlib
+    for f in pathlib.Path(llm_curate.__file__).parent.glob('*.py'):
+        if f.name not in ('testing.py', '_modidx.py'):
+            assert 'class ScriptedServer' not in f.read_text() and 'def fake_rating' not in f.read_text(), f.name
+
+
+def test_rate_reexports_every_rating_name():
+    "`from llm_curate.rate import X` keeps working for every public name of the rating rooms."
+    code = ("import llm_curate.rate as R, llm_curate.rubric, llm_curate.parse, llm_curate.store, llm_curate.prices, "
+            "llm_curate.openai_rate, llm_curate.rate_cli\n"
+            "rooms = [llm_curate.rubric, llm_curate.parse, llm_curate.store, llm_curate.prices, llm_curate.openai_rate, llm_curate.rate_cli]\n"
+            "miss = [n for m in rooms for n in m.__all__ if n != 'logger' and getattr(R, n) is not getattr(m, n)]\n"
+            "print(miss)")
+    assert clean_python(code).strip() == '[]'

@@ -114,7 +114,7 @@ def test_generate_answers_transformers(smollm2):
 def test_judge_pairwise_against_a_local_openai_server(monkeypatch):
     "A real HTTP server with scripted verdicts, the real OpenAI client: both orders, position bias, ties, unparsed."
     from llm_curate.rate import OpenAIRater
-    from llm_curate.servers import ScriptedServer
+    from llm_curate.testing import ScriptedServer
     import re
 
     def verdict(body):
@@ -151,7 +151,7 @@ def test_compare_end_to_end(tmp_path, monkeypatch):
     from llm_curate.data import load_samples, save_samples
     from llm_curate.finetune import TULU_LORA
     from llm_curate.rate import OpenAIRater
-    from llm_curate.servers import ScriptedServer
+    from llm_curate.testing import ScriptedServer
     import llm_curate
     monkeypatch.setenv('HF_HUB_OFFLINE', '1'); monkeypatch.setenv('OPENAI_API_KEY', 'sk-test')
     pool = load_samples(Path(llm_curate.__file__).parent / 'assets' / 't0_pool_5k.jsonl.gz', progress=False)

@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 
 from llm_curate.data import render_conversation
-from llm_curate.rate import DS2_RUBRIC, OpenAIRater, RatingStore, export_ratings
-from llm_curate.servers import Faults, fake_rating, read_log, sample_key, spawn_scripted
+from llm_curate.rubric import DS2_RUBRIC
+from llm_curate.store import RatingStore, export_ratings
+from llm_curate.openai_rate import OpenAIRater
+from llm_curate.testing import Faults, fake_rating, read_log, sample_key, spawn_scripted
 
 SECRET = 'sk-crash-test-SECRET-9f8e7d6c5b4a'
 N = 2000

@@ -53,7 +53,8 @@ def main(argv=None):
     from llm_curate.rate import make_rater
     from llm_curate.embed import embed_texts
     from llm_curate.curate import curate_scores
-    from llm_curate.select import select, kmeans_labels
+    from llm_curate.select import select
+from llm_curate.synthetic import kmeans_labels
     from llm_curate.pipeline import quantile_levels
 
     t0 = time.perf_counter()

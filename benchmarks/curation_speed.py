@@ -19,7 +19,7 @@ import numpy as np
 
 def generate(n: int, d: int, seed: int = 0, noise: float = 0.3, per_cluster: int = 20, spread: float = 0.7):
     "Clusterable unit-norm embeddings (float32, built in chunks), true levels and noisy ratings."
-    from llm_curate.curate import ordinal_noise
+    from llm_curate.synthetic import ordinal_noise
     rng = np.random.default_rng(seed)
     K = 6
     n_clusters = max(n // per_cluster, 2)
@@ -45,7 +45,8 @@ def generate(n: int, d: int, seed: int = 0, noise: float = 0.3, per_cluster: int
 
 
 def child(n: int, d: int, k: int, spread: float = 0.7) -> dict:
-    from llm_curate.curate import ScoreCurator, empirical_T
+    from llm_curate.curate import ScoreCurator
+    from llm_curate.synthetic import empirical_T
     from llm_curate.knn import knn_graph
     t = time.perf_counter()
     X, y, rated = generate(n, d, spread=spread)

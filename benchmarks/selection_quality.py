@@ -1,6 +1,6 @@
 """Selection quality without fine-tuning: which method picks truly good and diverse samples?
 
-On a generated pool (llm_curate.select.synthetic_pool) the true quality of every sample is known: topics of
+On a generated pool (llm_curate.synthetic.synthetic_pool) the true quality of every sample is known: topics of
 Zipf-distributed sizes, clusterable embeddings, a true score per topic (rarer topics better on average), and
 ratings drawn from a realistic noise matrix (diagonal ~0.5, skewed upward, `rater_like_T`). Each method selects
 10% of the pool; we report the mean true score of the subset, the share of truly top-rated samples, and the
@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from llm_curate.curate import curate_scores
-from llm_curate.select import select, synthetic_pool, selection_quality, oracle_selection
+from llm_curate.select import select, oracle_selection
+from llm_curate.synthetic import synthetic_pool, selection_quality
 
 METHODS = ['ds2', 'ds2_raw', 'alpagasus_curated', 'alpagasus', 'deita_curated', 'deita', 'knn', 'completion_length', 'random']
 

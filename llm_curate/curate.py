@@ -13,58 +13,20 @@ from .data import need, atomic_write, read_table
 from .rubric import DS2_RUBRIC
 from .knn import knn_graph, check_embeddings, KNNGraph
 from .embed import load_embeddings, save_embeddings
+from .data import align_ids
+from .synthetic import make_noisy_scores, ordinal_noise, empirical_T  # re-exported: they lived here
 
 # %% auto #0
-__all__ = ['logger', 'make_noisy_scores', 'ordinal_noise', 'empirical_T', 'check_scores', 'consensus_counts', 'hoc_loss_grad',
-           'fit_transition', 'neighbour_votes', 'flag_fraction', 'longtail_score', 'ScoreCurator', 'CurationReport',
-           'curate_scores', 'plot_transition_matrix', 'plot_curation', 'scores_from_ratings', 'curate_ratings',
-           'add_cli']
+__all__ = ['logger', 'check_scores', 'consensus_counts', 'hoc_loss_grad', 'fit_transition', 'neighbour_votes', 'flag_fraction',
+           'longtail_score', 'ScoreCurator', 'CurationReport', 'curate_scores', 'plot_transition_matrix',
+           'plot_curation', 'scores_from_ratings', 'curate_ratings', 'add_cli', 'make_noisy_scores', 'ordinal_noise',
+           'empirical_T']
+
+# %% ../nbs/04_curate.ipynb #d120b4b3
+_all_ = ['make_noisy_scores', 'ordinal_noise', 'empirical_T']
 
 # %% ../nbs/04_curate.ipynb #425610bd
 logger = logging.getLogger(__name__)
-
-# %% ../nbs/04_curate.ipynb #2fcb0620
-def make_noisy_scores(n: int = 5000,           # number of samples N
-                      T: np.ndarray | None = None,  # (K, K) transition matrix, rows sum to 1; default: ordinal noise, 70% kept
-                      prior: np.ndarray | None = None,  # (K,) true score distribution; default uniform
-                      n_clusters: int = 250,   # clusters; all samples of one cluster share the true score
-                      dim: int = 32,           # embedding dimension d
-                      spread: float = 0.3,     # within-cluster noise (relative to the centre norm); larger = harder
-                      seed: int = 0,           # random seed
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # X (N, d) float32 unit rows, y_true (N,), y_rated (N,)
-    "Clusterable embeddings with true scores and ratings corrupted by a known transition matrix."
-    rng = np.random.default_rng(seed)
-    T = ordinal_noise(6, 0.7) if T is None else np.asarray(T, float)
-    K = len(T)
-    prior = np.full(K, 1 / K) if prior is None else np.asarray(prior, float)
-    C = rng.normal(size=(n_clusters, dim))
-    C /= np.linalg.norm(C, axis=1, keepdims=True)
-    cl = rng.integers(0, n_clusters, n)
-    y_cluster = rng.choice(K, size=n_clusters, p=prior)
-    X = C[cl] + spread * rng.normal(size=(n, dim)) / np.sqrt(dim)
-    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
-    y = y_cluster[cl]
-    cum = np.cumsum(T, axis=1)
-    rated = (rng.random(n)[:, None] > cum[y]).sum(1).clip(0, K - 1)
-    return X, y, rated
-
-def ordinal_noise(K: int = 6,         # number of score levels
-                  keep: float = 0.7,  # diagonal of T: probability a rating is right
-                 ) -> np.ndarray:      # (K, K) transition matrix
-    "A transition matrix whose errors fall on neighbouring levels (2/3 one level off, 1/3 two off)."
-    T = np.zeros((K, K))
-    for off, w in ((1, 2.0), (2, 1.0)):
-        T += w * (np.eye(K, k=off) + np.eye(K, k=-off))
-    T = (1 - keep) * T / T.sum(1, keepdims=True) + keep * np.eye(K)
-    return T
-
-def empirical_T(y: np.ndarray,      # (N,) true scores in [0, K)
-                rated: np.ndarray,  # (N,) rated scores in [0, K)
-                K: int = 6,         # number of levels
-               ) -> np.ndarray:     # (K, K) row-normalised confusion matrix
-    "Fraction of samples of true level i rated j."
-    C = np.bincount(y * K + rated, minlength=K * K).reshape(K, K).astype(float)
-    return C / np.maximum(C.sum(1, keepdims=True), 1)
 
 # %% ../nbs/04_curate.ipynb #09e1c716
 def _param_error(name: str, owner: str, expect: str, got) -> ValueError:
@@ -219,17 +181,18 @@ def _rank_flags(e, y, r, K, members, rng, eligible=None):
     return (rank < np.round(r[ys] * cnt[ys])) & (es > 1e-9)
 
 # %% ../nbs/04_curate.ipynb #4044aacf
-def longtail_score(dist: np.ndarray,  # (N, k) cosine distances to the k nearest other samples
+def longtail_score(dist: np.ndarray,  # (N, k) cosine distances to the k nearest other samples, or (N,) their means
                   ) -> np.ndarray:    # (N,) in [0, 1); higher = rarer
     "Long-tail (rareness) score 2/(1 + exp(-mean distance)) - 1."
-    return 2 / (1 + np.exp(-dist.astype(np.float64).mean(1))) - 1
+    d = np.asarray(dist, dtype=np.float64)
+    return 2 / (1 + np.exp(-(d.mean(1) if d.ndim == 2 else d))) - 1
 
 # %% ../nbs/04_curate.ipynb #c9475a16
 class ScoreCurator:
     "DS2 score curation: HOC transition matrix, SimiFeat-rank detection, curated and long-tail scores."
     def __init__(self,
                  n_scores: int = 6,        # K, number of score levels (scores in [0, K))
-                 k: int = 10,              # neighbours: k-1 voters besides the sample, k for the long-tail score
+                 k: int = 10,              # voters per sample: the sample and its k-1 nearest neighbours
                  confidence: float = 0.5,  # curated score = suggestion where confidence >= this (paper: 0.5; 0.4 for LLaMA)
                  hoc_rounds: int = 1,      # HOC: random subsets whose consensus counts are averaged (with sample_size)
                  sample_size: int | None = None,  # subset size for HOC and detection rounds; None = all samples every round
@@ -239,22 +202,32 @@ class ScoreCurator:
                  require_majority: bool = True,  # flag only samples whose neighbours out-vote their rating (False: pure rank rule)
                  random_state: int = 0,    # seed of subsets, tie-breaks and the approximate k-NN search
                  knn_kw: dict | None = None,  # extra arguments of `knn_graph` (exact=..., target_recall=...)
+                 longtail_k: int = 10,     # neighbours whose mean distance gives the long-tail score
                 ):
         self.n_scores, self.k, self.confidence, self.hoc_rounds, self.sample_size = n_scores, k, confidence, hoc_rounds, sample_size
         self.detect_rounds, self.steps, self.lr, self.random_state, self.knn_kw = detect_rounds, steps, lr, random_state, knn_kw
-        self.require_majority = require_majority
+        self.require_majority, self.longtail_k = require_majority, longtail_k
 
-    def get_params(self) -> dict:
-        "The constructor parameters."
-        return {a: getattr(self, a) for a in ('n_scores', 'k', 'confidence', 'hoc_rounds', 'sample_size', 'detect_rounds',
-                                              'steps', 'lr', 'require_majority', 'random_state', 'knn_kw')}
+    _PARAMS = ('n_scores', 'k', 'confidence', 'hoc_rounds', 'sample_size', 'detect_rounds', 'steps', 'lr',
+               'require_majority', 'random_state', 'knn_kw', 'longtail_k')
+
+    def get_params(self, deep: bool = True) -> dict: # scikit-learn's signature; nothing nested to go deep into
+        "The constructor parameters (scikit-learn's `get_params`)."
+        return {a: getattr(self, a) for a in self._PARAMS}
+
+    def set_params(self, **params) -> 'ScoreCurator':
+        "Set constructor parameters (scikit-learn's `set_params`); unknown names are an error."
+        bad = sorted(set(params) - set(self._PARAMS))
+        if bad: raise ValueError(f"Invalid parameter {bad[0]!r} for ScoreCurator. Valid parameters are: {', '.join(self._PARAMS)}.")
+        for a, v in params.items(): setattr(self, a, v)
+        return self
 
     def _validate(self):
         o = 'ScoreCurator'
         def int_ge(name, lo):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: raise _param_error(name, o, f'an int >= {lo}', v)
-        int_ge('n_scores', 2); int_ge('k', 2); int_ge('hoc_rounds', 1); int_ge('detect_rounds', 1); int_ge('steps', 1)
+        int_ge('n_scores', 2); int_ge('k', 2); int_ge('longtail_k', 1); int_ge('hoc_rounds', 1); int_ge('detect_rounds', 1); int_ge('steps', 1)
         if self.sample_size is not None: int_ge('sample_size', 3)
         if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) or not 0 <= self.confidence <= 1:
             raise _param_error('confidence', o, 'a float in [0, 1]', self.confidence)
@@ -271,22 +244,23 @@ class ScoreCurator:
         X = np.asarray(X)
         y, P = check_scores(scores, K, n=len(X) if X.ndim == 2 else None)
         N = len(y)
+        kg = max(k, self.longtail_k)   # one graph serves the vote (k) and the long-tail score (longtail_k)
         if graph is None:
-            graph = knn_graph(X, k=k, seed=self.random_state, **(self.knn_kw or {}))
-        elif graph.indices.shape[0] != N or graph.indices.shape[1] < k:
-            raise ValueError(f"graph has shape {graph.indices.shape}; it must be knn_graph(X, k>={k}) of these {N} samples.")
+            graph = knn_graph(X, k=kg, seed=self.random_state, **(self.knn_kw or {}))
+        elif graph.indices.shape[0] != N or graph.indices.shape[1] < kg:
+            raise ValueError(f"graph has shape {graph.indices.shape}; it must be knn_graph(X, k>={kg}) of these {N} samples.")
         idx, dist = graph.indices[:, :k], graph.distances[:, :k]
         self.graph_ = graph
         self.timings_ = {'knn_s': graph.params.get('search_s', 0.0)}
         rng = np.random.default_rng(self.random_state)
-        self.longtail_ = longtail_score(dist)
+        self.longtail_ = longtail_score(graph.distances[:, :self.longtail_k])
         t = time.perf_counter()
         self.single_level_ = len(np.unique(y)) == 1 and P is None
         if self.single_level_:
             logger.warning("Only one score level (%d) is present: nothing to curate; returning the ratings unchanged.", y[0])
             self.transition_matrix_, self.prior_, self.hoc_loss_ = np.eye(K), np.bincount(y, minlength=K) / N, 0.0
             self.error_score_ = np.zeros(N); self.error_prob_ = np.zeros(N); self.flagged_ = np.zeros(N, bool)
-            self.suggested_ = y.copy(); self.confidence_ = np.zeros(N); self.curated_scores_ = y.copy()
+            self.suggested_ = y.copy(); self.confidence_ = np.zeros(N); self.curated_scores_ = y.copy(); self.rounds_seen_ = np.zeros(N, np.int64)
             self.timings_.update(hoc_s=0.0, detect_s=0.0, total_s=time.perf_counter() - t0)
             return self
         # 2a. HOC
@@ -318,7 +292,7 @@ class ScoreCurator:
             for _ in range(R):  # rounds over random subsets (the reference's scheme); each fully vectorised
                 m = rng.choice(N, ss, replace=False)
                 n_seen[m] += 1; n_flag[m] += _rank_flags(e, y, r, K, m, rng, elig)
-        self.error_score_ = e
+        self.error_score_, self.rounds_seen_ = e, n_seen
         self.error_prob_ = (n_flag + 1) / (n_seen + 2)
         self.flagged_ = (self.error_prob_ >= 0.5) & (n_seen > 0)
         self.confidence_ = np.where(n_seen > 0, (n_flag + 1) / (n_flag + K) * self.error_prob_, 0.0)
@@ -391,7 +365,7 @@ def curate_scores(X: np.ndarray,          # (N, d) embeddings, row-aligned with 
     frame = pd.DataFrame({'id': ids, 'score': y, 'error_prob': cur.error_prob_, 'flagged': cur.flagged_,
                           'suggested': cur.suggested_.astype(np.int64), 'confidence': cur.confidence_,
                           'curated_score': cur.curated_scores_.astype(np.int64), 'longtail': cur.longtail_,
-                          'error_score': cur.error_score_, 'knn_distance': cur.graph_.distances[:, :cur.k].mean(1).astype(np.float64)})
+                          'error_score': cur.error_score_, 'knn_distance': cur.graph_.distances[:, :cur.longtail_k].mean(1).astype(np.float64)})
     K = cur.n_scores
     g = cur.graph_
     params = {**cur.get_params(), 'n': N, 'n_unique': g.n_unique, 'soft_scores': np.ndim(scores) == 2,
@@ -489,11 +463,8 @@ def curate_ratings(table: pd.DataFrame,       # rating table (see `scores_from_r
     "Curate one rater's ok ratings against an embeddings folder."
     ids, s, counts = scores_from_ratings(table, rater, soft)
     X, emb_ids, meta = load_embeddings(emb_dir, mmap=True)
-    pos = pd.Index(emb_ids).get_indexer(ids)
-    if (pos < 0).any():
-        miss = [i for i, p in zip(ids, pos) if p < 0]
-        raise ValueError(f"{len(miss)} rated ids have no embedding in {emb_dir} (e.g. {miss[0]!r}): embed the same samples you rated "
-                         f"(llm_curate embed DATA --out {emb_dir}).")
+    pos = align_ids(ids, emb_ids, f'the embeddings in {emb_dir} (they have no embedding)',
+                    f"Embed the same samples you rated (llm_curate embed DATA --out {emb_dir}).", noun='rated ids')
     counts['embedded_not_rated'] = len(emb_ids) - len(ids)
     Xr = np.asarray(X[pos]) if len(pos) else np.zeros((0, 1), np.float32)  # one in-memory copy, in rating order
     return curate_scores(Xr, s, ids=ids, meta={'rater': rater or (str(table['rater'].iloc[0]) if 'rater' in table.columns and len(table) else None),
@@ -502,7 +473,7 @@ def curate_ratings(table: pd.DataFrame,       # rating table (see `scores_from_r
 def _cmd_curate(args) -> int:
     table = read_table(args.scores, 'rating table (from `llm_curate rate --export`)', required=('id', 'score'))
     raters = [args.rater] if args.rater else (list(pd.unique(table['rater'].astype(str))) if 'rater' in table.columns else [None])
-    kw = dict(k=args.k, confidence=args.confidence, sample_size=args.sample_size, random_state=args.seed, soft=args.soft)
+    kw = dict(k=args.k, longtail_k=args.longtail_k, confidence=args.confidence, sample_size=args.sample_size, random_state=args.seed, soft=args.soft)
     for r in raters:
         out = Path(args.out) if len(raters) == 1 else Path(args.out) / re.sub(r'[^A-Za-z0-9._-]+', '_', r)
         rep = curate_ratings(table, args.embeddings, rater=r, **kw)
@@ -525,7 +496,8 @@ def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
     p.add_argument('--embeddings', required=True, metavar='EMB', help='embeddings folder written by `llm_curate embed`')
     p.add_argument('--out', required=True, metavar='REPORT_DIR', help='output folder')
     p.add_argument('--rater', help='curate only this rater (default: each rater in its own sub-folder)')
-    p.add_argument('--k', type=int, default=10, help='neighbours (default 10)')
+    p.add_argument('--k', type=int, default=10, help='voters per sample: itself and its k-1 nearest neighbours (default 10)')
+    p.add_argument('--longtail-k', type=int, default=10, help='neighbours of the long-tail score (default 10)')
     p.add_argument('--confidence', type=float, default=0.5, help='confidence threshold for replacing a score (paper: 0.5; 0.4 for LLaMA)')
     p.add_argument('--sample-size', type=int, help='random-subset size per round (default: all samples)')
     p.add_argument('--soft', action='store_true', help='use score_probs (logprob ratings) as score distributions')

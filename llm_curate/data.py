@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterable, Iterator
 # %% auto #0
 __all__ = ['logger', 'EXTRAS', 'FORMATS', 'FORMAT_ALIASES', 'ROLES', 'SUFFIXES', 'need', 'atomic_write', 'DataError',
            'detect_format', 'to_messages', 'render_conversation', 'sample_id', 'iter_records', 'read_table',
-           'LoadStats', 'default_cache_dir', 'load_samples', 'save_samples', 'iter_samples', 'add_cli']
+           'sample_ids', 'has_messages', 'sample_messages', 'align_ids', 'LoadStats', 'default_cache_dir',
+           'load_samples', 'save_samples', 'iter_samples', 'add_cli']
 
 # %% ../nbs/00_data.ipynb #e8856b1e
 logger = logging.getLogger(__name__)
@@ -261,6 +262,55 @@ def read_table(path: str | os.PathLike,  # a .parquet, .csv, .jsonl or .json fil
     if miss: raise DataError(f"{path}: the {what} needs columns {list(required)}; missing {miss} (it has {list(df.columns)[:10]}).")
     if 'id' in df.columns: df['id'] = df['id'].astype(str)
     return df
+
+# %% ../nbs/00_data.ipynb #a2329f28
+def sample_ids(samples) -> list[str]:  # datasets.Dataset, list of dicts or DataFrame with an `id` field
+    "The `id` of every sample, in pool order."
+    import pandas as pd
+    if isinstance(samples, pd.DataFrame):
+        if 'id' not in samples.columns: raise ValueError(f"The samples DataFrame has no 'id' column (columns: {list(samples.columns)}). Load them with llm_curate.data.load_samples, which adds one.")
+        return [str(i) for i in samples['id']]
+    if isinstance(samples, (list, tuple)):
+        bad = next((i for i, s in enumerate(samples) if not isinstance(s, dict) or 'id' not in s), None)
+        if bad is not None: raise ValueError(f"Sample {bad} has no 'id' field. Each sample must be a dict with 'id' and 'messages'; load_samples adds ids.")
+        return [str(s['id']) for s in samples]
+    if hasattr(samples, 'column_names'):
+        if 'id' not in samples.column_names: raise ValueError(f"The samples dataset has no 'id' column (columns: {samples.column_names}). Load it with llm_curate.data.load_samples.")
+        return [str(i) for i in samples['id']]
+    raise TypeError(f"'samples' must be a datasets.Dataset, a list of dicts or a pandas DataFrame. Got {type(samples).__name__}.")
+
+def has_messages(samples) -> bool:  # the pool (see `sample_ids`)
+    "Whether every sample has a `messages` field."
+    import pandas as pd
+    if isinstance(samples, pd.DataFrame): return 'messages' in samples.columns
+    if isinstance(samples, (list, tuple)): return all('messages' in r for r in samples)
+    return 'messages' in samples.column_names
+
+def sample_messages(samples, # the pool (see `sample_ids`)
+                    i: int,  # position of the sample
+                   ) -> list[dict]:
+    "The messages of sample `i` (a JSON string is decoded)."
+    import pandas as pd
+    r = samples.iloc[i] if isinstance(samples, pd.DataFrame) else samples[int(i)]
+    m = r['messages']
+    return json.loads(m) if isinstance(m, str) else list(m)
+
+def align_ids(ids: list[str],  # (N,) the ids to find, e.g. the pool's
+              keys,            # the ids of the other table, one per row
+              what: str,       # what the other table is, for the error ('the curation report', ...)
+              fix: str,        # how to fix a missing id, for the error
+              noun: str = 'pool ids', # what `ids` are, for the error
+             ) -> "np.ndarray":  # (N,) row of `keys` holding each id
+    "Position in `keys` of every id; an error naming the missing or repeated ones."
+    import numpy as np, pandas as pd
+    idx = pd.Index([str(k) for k in keys])
+    if idx.has_duplicates: raise ValueError(f"{what} lists some ids more than once (e.g. {idx[idx.duplicated()][0]!r}): keep one row per id.")
+    pos = idx.get_indexer(ids)
+    if (pos < 0).any():
+        missing = [i for i, p in zip(ids, pos) if p < 0]
+        few = ', '.join(repr(m) for m in missing[:5])
+        raise ValueError(f"{len(missing)} of the {len(ids)} {noun} are missing from {what} (e.g. {few}{', ...' if len(missing) > 5 else ''}). {fix}")
+    return np.asarray(pos, dtype=np.int64)
 
 # %% ../nbs/00_data.ipynb #9e631db5
 @dataclass

@@ -275,22 +275,15 @@ def _stage_embed(cfg, ctx: RunContext) -> str:
 
 def _stage_curate(cfg, ctx: RunContext) -> str:
     import pandas as pd
-    from llm_curate.curate import curate_scores
-    from llm_curate.embed import load_embeddings
+    from llm_curate.curate import curate_ratings
     c = cfg['curate']
-    X, ids, _ = load_embeddings(ctx.run_dir / 'embeddings')
     r = pd.read_parquet(ctx.run_dir / 'ratings.parquet')
     raters = r['rater'].unique()
     if len(raters) > 1: raise ValueError(f"ratings.parquet holds {len(raters)} raters ({list(raters)}); the pipeline curates one rater's scores")
-    ok = r[r['status'] == 'ok'].set_index('id')
-    keep = np.array([i in ok.index for i in ids])
-    sub = [i for i, k in zip(ids, keep) if k]
-    scores = ok.loc[sub, 'score'].to_numpy().astype(int)
-    rep = curate_scores(X[keep], scores, ids=sub, k=c['k'], confidence=c['confidence'],
-                        random_state=c['random_state'], **c['options'])
+    rep = curate_ratings(r, ctx.run_dir / 'embeddings', k=c['k'], confidence=c['confidence'], random_state=c['random_state'], **c['options'])
     rep.save(ctx.run_dir / 'curation')
-    f = rep.frame
-    return (f"{len(sub):,} curated ({(~keep).sum():,} without an ok rating left out); "
+    f, n = rep.frame, rep.params['ratings']
+    return (f"{n['used']:,} curated ({n['embedded_not_rated']:,} without an ok rating left out); "
             f"{int(f['flagged'].sum()):,} flagged, {int((f['curated_score'] != f['score']).sum()):,} scores changed")
 
 # %% ../nbs/10_pipeline.ipynb #c861e3f0

@@ -4,49 +4,35 @@
 
 # %% ../nbs/05_select.ipynb #afeb6be0
 from __future__ import annotations
-import hashlib, json, logging, math, os
+import hashlib, json, logging, os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
-from .data import need, atomic_write, default_cache_dir, render_conversation, read_table
+from .data import need, atomic_write, read_table, sample_ids, has_messages, sample_messages, align_ids
+from .knn import check_embeddings
+from .curate import longtail_score
+from .signals import response_perplexity, less_scores  # re-exported: they lived here
+from .synthetic import rater_like_T, SyntheticPool, synthetic_pool, kmeans_labels, selection_quality  # re-exported
 
 # %% auto #0
 __all__ = ['logger', 'METHODS', 'Pool', 'Picked', 'MethodSpec', 'register_method', 'Selection', 'select', 'ds2', 'ds2_raw',
-           'uniform_random', 'full', 'completion_length', 'knn', 'alpagasus', 'diversity_walk', 'deita',
-           'response_perplexity', 'perplexity', 'less_scores', 'less', 'write_subsets', 'rater_like_T', 'SyntheticPool',
-           'synthetic_pool', 'kmeans_labels', 'oracle_selection', 'selection_quality', 'add_cli']
+           'uniform_random', 'full', 'completion_length', 'knn', 'alpagasus', 'diversity_walk', 'deita', 'perplexity',
+           'less', 'write_subsets', 'oracle_selection', 'add_cli', 'response_perplexity', 'less_scores', 'rater_like_T',
+           'SyntheticPool', 'synthetic_pool', 'kmeans_labels', 'selection_quality']
+
+# %% ../nbs/05_select.ipynb #ffe689ad
+_all_ = ['response_perplexity', 'less_scores', 'rater_like_T', 'SyntheticPool', 'synthetic_pool', 'kmeans_labels', 'selection_quality']
 
 # %% ../nbs/05_select.ipynb #2728f120
 logger = logging.getLogger(__name__)
 
 # %% ../nbs/05_select.ipynb #73cf49a5
-def _pool_ids(samples) -> list[str]:
-    "The `id` of every sample, in pool order."
-    if isinstance(samples, pd.DataFrame):
-        if 'id' not in samples.columns: raise ValueError(f"The samples DataFrame has no 'id' column (columns: {list(samples.columns)}). Load them with llm_curate.data.load_samples, which adds one.")
-        return [str(i) for i in samples['id']]
-    if isinstance(samples, (list, tuple)):
-        bad = next((i for i, s in enumerate(samples) if not isinstance(s, dict) or 'id' not in s), None)
-        if bad is not None: raise ValueError(f"Sample {bad} has no 'id' field. Each sample must be a dict with 'id' and 'messages'; load_samples adds ids.")
-        return [str(s['id']) for s in samples]
-    if hasattr(samples, 'column_names'):
-        if 'id' not in samples.column_names: raise ValueError(f"The samples dataset has no 'id' column (columns: {samples.column_names}). Load it with llm_curate.data.load_samples.")
-        return [str(i) for i in samples['id']]
-    raise TypeError(f"'samples' must be a datasets.Dataset, a list of dicts or a pandas DataFrame. Got {type(samples).__name__}.")
-
-def _missing_error(missing: Sequence[str], n: int, what: str, fix: str) -> ValueError:
-    few = ', '.join(repr(m) for m in list(missing)[:5])
-    return ValueError(f"{len(missing)} of the {n} pool ids are missing from {what} (e.g. {few}{', ...' if len(missing) > 5 else ''}). {fix}")
-
-def _align(ids: list[str], keys, what: str, fix: str) -> np.ndarray:
-    "Position in `keys` of every pool id; an error naming the missing ones."
-    idx = pd.Index([str(k) for k in keys])
-    if idx.has_duplicates: raise ValueError(f"{what} lists some ids more than once (e.g. {idx[idx.duplicated()][0]!r}): keep one row per id.")
-    pos = idx.get_indexer(ids)
-    if (pos < 0).any(): raise _missing_error([i for i, p in zip(ids, pos) if p < 0], len(ids), what, fix)
-    return pos
+def _id_keys(ids: list[str], seed: int) -> np.ndarray:
+    "(N,) uint64 seeded hash of each id: a per-sample random key that does not depend on the pool's order."
+    s = f'{int(seed)}\x1f'
+    return np.array([int.from_bytes(hashlib.blake2b((s + i).encode(), digest_size=8).digest(), 'little') for i in ids], dtype=np.uint64)
 
 # %% ../nbs/05_select.ipynb #f855f9b0
 def _scores_array(scores, ids: list[str]) -> np.ndarray:
@@ -61,7 +47,7 @@ def _scores_array(scores, ids: list[str]) -> np.ndarray:
         scores = pd.Series(s.to_numpy(), index=scores['id'].astype(str).to_numpy())
     if isinstance(scores, dict): scores = pd.Series(scores, dtype='float64')
     if isinstance(scores, pd.Series) and not isinstance(scores.index, pd.RangeIndex):
-        pos = _align(ids, scores.index, 'the scores', fix)
+        pos = align_ids(ids, scores.index, 'the scores', fix)
         return pd.to_numeric(scores, errors='coerce').to_numpy('float64')[pos]
     a = np.asarray(pd.to_numeric(pd.Series(np.asarray(scores, dtype=object).ravel()), errors='coerce'), dtype='float64')
     if a.shape != (len(ids),): raise ValueError(f"'scores' must hold one score per sample of the pool ({len(ids)}). Got {a.size}; pass a Series/dict keyed by id to align by id.")
@@ -86,20 +72,21 @@ class Pool:
                  scores=None,                # raw scores: array in pool order, Series/dict by id, or a rating table
                  X: np.ndarray | None = None, # (N, d) embeddings, rows in pool order
                 ):
-        self.samples, self.ids = samples, _pool_ids(samples)
+        self.samples, self.ids = samples, sample_ids(samples)
         self.n = len(self.ids)
         if len(set(self.ids)) != self.n: raise ValueError("The pool holds duplicate ids: deduplicate it (load_samples does) before selecting.")
         self._frame, self._report_k = None, None
         if report is not None:
             f = _report_frame(report)
-            self._report_k = (getattr(report, 'params', None) or {}).get('k')
-            self._frame = f.iloc[_align(self.ids, f['id'], 'the curation report', "Curate the same pool you select from (curate_scores on all of it), or select from the curated samples only.")].reset_index(drop=True)
+            prm = getattr(report, 'params', None) or {}
+            self._report_k = prm.get('longtail_k', prm.get('k'))   # the neighbourhood of its knn_distance
+            self._frame = f.iloc[align_ids(self.ids, f['id'], 'the curation report', "Curate the same pool you select from (curate_scores on all of it), or select from the curated samples only.")].reset_index(drop=True)
         self._scores = None if scores is None else _scores_array(scores, self.ids)
         if X is not None:
             X = np.asarray(X, dtype=np.float32)
             if X.ndim != 2 or len(X) != self.n: raise ValueError(f"'X' must be an (N, d) array with one row per sample of the pool (N={self.n}). Got shape {X.shape}.")
         self.X = X
-        self._cache = {}
+        self._cache, self.seed = {}, 0   # seed: that of the selection in progress (set by `select`)
 
     def has(self, what: str) -> bool:
         "Whether the signal `what` ('scores', 'report', 'X', 'messages') is available."
@@ -107,14 +94,13 @@ class Pool:
         if what == 'report': return self._frame is not None
         if what == 'X': return self.X is not None
         if what == 'knn': return self.X is not None or (self._frame is not None and 'knn_distance' in self._frame.columns and self._report_k is not None)
-        if what == 'messages': return self._has_messages()
+        if what == 'messages': return has_messages(self.samples)
         raise ValueError(f"Unknown signal {what!r}: expected one of 'scores', 'report', 'X', 'messages'.")
 
-    def _has_messages(self) -> bool:
-        s = self.samples
-        if isinstance(s, pd.DataFrame): return 'messages' in s.columns
-        if isinstance(s, (list, tuple)): return all('messages' in r for r in s)
-        return 'messages' in s.column_names
+    def tie_key(self) -> np.ndarray:
+        "(N,) uint64 random key of each sample, a seeded hash of its id: ties and random draws follow it, not the file order."
+        if ('tie', self.seed) not in self._cache: self._cache[('tie', self.seed)] = _id_keys(self.ids, self.seed)
+        return self._cache[('tie', self.seed)]
 
     def scores(self, curated: bool = False) -> np.ndarray:
         "(N,) float scores, NaN where missing: curated ones from the report, else raw."
@@ -132,7 +118,7 @@ class Pool:
         "(N,) long-tail scores: the report's, else computed from `X` as $2/(1+e^{-\\bar d})-1$."
         if self._frame is not None: return self._frame['longtail'].to_numpy('float64')
         if self.X is None: raise ValueError("A long-tail score needs a curation report or embeddings: pass report=... or X=....")
-        return 2 / (1 + np.exp(-self.mean_knn_distance(k))) - 1
+        return longtail_score(self.mean_knn_distance(k))
 
     def mean_knn_distance(self, k: int = 10) -> np.ndarray:
         "(N,) mean cosine distance to the `k` nearest other samples (self and exact duplicates excluded)."
@@ -147,10 +133,7 @@ class Pool:
 
     def messages(self, i: int) -> list[dict]:
         "The messages of sample `i`."
-        s = self.samples
-        r = s.iloc[i] if isinstance(s, pd.DataFrame) else s[int(i)]
-        m = r['messages']
-        return json.loads(m) if isinstance(m, str) else list(m)
+        return sample_messages(self.samples, i)
 
 # %% ../nbs/05_select.ipynb #aca82bae
 @dataclass
@@ -164,7 +147,7 @@ class Picked:
 class MethodSpec:
     "A registered selection method."
     name: str                # the name passed to `select`
-    fn: Callable             # fn(pool, budget, rng, **params) -> Picked
+    fn: Callable             # fn(pool, budget, rng, **params) -> Picked; ties by pool.tie_key()
     needs: tuple             # signals required: 'scores', 'report', 'X', 'knn', 'messages'
     defaults: dict           # parameters fixed by this name (e.g. curated=True)
     doc: str                 # one-line description
@@ -183,11 +166,9 @@ def register_method(name: str,              # name used in `select(..., method=n
         return fn
     return deco
 
-def _rank(rng: np.random.Generator, *keys: np.ndarray) -> np.ndarray:
-    "Positions sorted by `keys` (first = primary, all descending), ties broken by a seeded permutation."
-    n = len(keys[0]) if keys else 0
-    tie = rng.permutation(n)
-    return np.lexsort((tie,) + tuple(-np.asarray(k, dtype=np.float64) for k in reversed(keys)))
+def _rank(tie: np.ndarray, *keys: np.ndarray) -> np.ndarray:
+    "Positions sorted by `keys` (first = primary, all descending), ties broken by `tie` (ascending; `Pool.tie_key()`)."
+    return np.lexsort((np.asarray(tie),) + tuple(-np.asarray(k, dtype=np.float64) for k in reversed(keys)))
 
 # %% ../nbs/05_select.ipynb #b0ce3f73
 def _jsonable(v):
@@ -238,7 +219,7 @@ class Selection:
         if isinstance(s, pd.DataFrame): s = datasets.Dataset.from_pandas(s, preserve_index=False)
         elif isinstance(s, (list, tuple)): s = datasets.Dataset.from_list(list(s))
         if samples is None and self.positions is not None and len(s) == self.pool_size: pos = self.positions
-        else: pos = _align(self.ids, s['id'], 'the samples given to to_dataset', "Pass the pool the selection was made from.")
+        else: pos = align_ids(self.ids, s['id'], 'the samples given to to_dataset', "Pass the pool the selection was made from.")
         return s.select(np.asarray(pos, dtype=np.int64))
 
     def save(self, path: str | os.PathLike, # subset file: .jsonl, .jsonl.gz or .parquet; the manifest goes next to it
@@ -315,6 +296,7 @@ def select(samples,                     # the pool: datasets.Dataset, list of di
         if w == 'scores' and params.get('curated'): w = 'report'
         if not pool.has(w): raise ValueError(f"Method {method!r} needs {w}: {hints[w]}.")
     rng = np.random.default_rng(seed)
+    pool.seed = seed   # the tie key of this selection
     p = spec.fn(pool, b, rng, **params)
     idx = np.asarray(p.idx, dtype=np.int64)
     if len(np.unique(idx)) != len(idx): raise RuntimeError(f"Method {method!r} picked some samples twice: a bug in the method.")
@@ -342,7 +324,7 @@ def _ds2(pool: Pool, budget: int, rng, curated: bool, name: str) -> Picked:
     s, ok = _scored(pool, curated, name)
     _need_enough(len(ok), budget, name, 'have a score')
     lt = pool.longtail()
-    order = ok[_rank(rng, s[ok], lt[ok])][:budget]
+    order = ok[_rank(pool.tie_key()[ok], s[ok], lt[ok])][:budget]
     raw = pool.rated() if curated else s
     reasons = [(f"curated score {_fmt(s[i])}" + (f" (rated {_fmt(raw[i])})" if raw[i] != s[i] else '') if curated else f"score {_fmt(s[i])}")
                + f", long-tail {lt[i]:.4f}" for i in order]
@@ -362,8 +344,8 @@ def ds2_raw(pool, budget, rng, curated: bool = False):
 # %% ../nbs/05_select.ipynb #4225af5c
 @register_method('random')
 def uniform_random(pool, budget, rng):
-    "Uniform random sample of `budget` samples (seeded)."
-    idx = rng.permutation(pool.n)[:budget]
+    "Uniform random sample of `budget` samples (seeded; the same ids whatever the pool's order)."
+    idx = np.argsort(pool.tie_key(), kind='stable')[:budget]
     return Picked(idx, np.zeros(len(idx)), ['uniform random draw'] * len(idx))
 
 @register_method('full')
@@ -380,7 +362,7 @@ def completion_length(pool, budget, rng, unit: str = 'chars'):
     "Longest assistant responses first (`unit`: 'chars' or 'words')."
     if unit not in ('chars', 'words'): raise ValueError(f"The 'unit' parameter of completion_length must be 'chars' or 'words'. Got {unit!r} instead.")
     L = np.array([_assistant_length(pool.messages(i), unit) for i in range(pool.n)], dtype=np.float64)
-    idx = _rank(rng, L)[:budget]
+    idx = _rank(pool.tie_key(), L)[:budget]
     return Picked(idx, L[idx], [f"assistant response of {int(L[i])} {unit}" for i in idx])
 
 @register_method('knn', needs=('knn',))
@@ -388,7 +370,7 @@ def knn(pool, budget, rng, k: int = 10):
     "Diversity only: largest mean cosine distance to the `k` nearest neighbours first (the report's graph is reused when it has the same k)."
     if not isinstance(k, (int, np.integer)) or k < 1: raise ValueError(f"The 'k' parameter of knn must be an int >= 1. Got {k!r} instead.")
     d = pool.mean_knn_distance(k)
-    idx = _rank(rng, d)[:budget]
+    idx = _rank(pool.tie_key(), d)[:budget]
     return Picked(idx, d[idx], [f"mean distance to {k} nearest neighbours {d[i]:.4f}" for i in idx])
 
 # %% ../nbs/05_select.ipynb #15008b40
@@ -399,15 +381,17 @@ def alpagasus(pool, budget, rng, threshold: float | None = None, curated: bool =
     if threshold is not None: ok = ok[s[ok] >= threshold]
     if threshold is None: _need_enough(len(ok), budget, 'alpagasus', 'have a score')
     kind = 'curated score' if curated else 'score'
+    key = pool.tie_key()
     idx, reasons, left = [], [], budget
     for lev in np.unique(s[ok])[::-1]:
         if left == 0: break
         members = ok[s[ok] == lev]          # dataset positions of this level
+        members = members[np.argsort(key[members], kind='stable')]  # a seeded uniform order of the level (by id hash)
         if len(members) <= left:
-            take = members[rng.permutation(len(members))]
+            take = members
             why = f"{kind} {_fmt(lev)}: whole level taken ({len(members)} samples)"
         else:
-            take = rng.choice(members, size=left, replace=False)  # positions in the DATASET, not in the bucket
+            take = members[:left]  # positions in the DATASET, not in the bucket
             why = f"{kind} {_fmt(lev)}: {left} of {len(members)} drawn uniformly (last level taken)"
         idx.extend(take.tolist()); reasons += [why] * len(take); left -= len(take)
     if left and threshold is not None: logger.warning("alpagasus: only %d samples have a %s >= %s", budget - left, kind, threshold)
@@ -417,10 +401,6 @@ def alpagasus(pool, budget, rng, threshold: float | None = None, curated: bool =
 _alpagasus_curated = register_method('alpagasus_curated', needs=('report',), curated=True)(alpagasus)
 
 # %% ../nbs/05_select.ipynb #78ff3100
-def _l2n(X: np.ndarray) -> np.ndarray:
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-
 def diversity_walk(X: np.ndarray,       # (N, d) embeddings (normalised here)
                    order: np.ndarray,   # (M,) candidate positions in walk order
                    budget: int,         # stop after this many accepted
@@ -429,7 +409,7 @@ def diversity_walk(X: np.ndarray,       # (N, d) embeddings (normalised here)
                   ) -> tuple[np.ndarray, np.ndarray]: # accepted positions, and their distance to the nearest earlier-accepted (inf for the first)
     "DEITA's representation filter: accept candidates in order whose nearest accepted neighbour is farther than `tau`."
     faiss = need('faiss', 'all')
-    Xn = _l2n(X)
+    Xn = np.ascontiguousarray(check_embeddings(X, 'X'))  # unit rows; a zero row is an error
     index = faiss.IndexFlatIP(Xn.shape[1])
     acc, dist = [], []
     for s in range(0, len(order), block):
@@ -453,7 +433,7 @@ def deita(pool, budget, rng, tau: float = 0.1, curated: bool = False):
     "DEITA: score-first walk keeping samples farther than `tau` (cosine distance) from their nearest selected one."
     if not 0 <= tau < 2: raise ValueError(f"The 'tau' parameter of deita must be a cosine distance in [0, 2). Got {tau!r} instead.")
     s, ok = _scored(pool, curated, 'deita')
-    order = ok[_rank(rng, s[ok])]
+    order = ok[_rank(pool.tie_key()[ok], s[ok])]
     idx, d = diversity_walk(pool.X, order, budget, tau)
     if len(idx) < budget: logger.warning("deita: only %d samples pass the distance filter tau=%s; lower tau for more", len(idx), tau)
     kind = 'curated score' if curated else 'score'
@@ -462,180 +442,25 @@ def deita(pool, budget, rng, tau: float = 0.1, curated: bool = False):
 
 _deita_curated = register_method('deita_curated', needs=('report', 'X'), curated=True)(deita)
 
-# %% ../nbs/05_select.ipynb #1dc8e3bc
-def _encode(tok, messages: list[dict], max_length: int) -> tuple[list[int], list[bool]]:
-    "Token ids of a rendered conversation and a mask of the assistant-content tokens (last `max_length` kept)."
-    ids, mask = [], []
-    for m in messages:
-        head, body = f"### {m.get('role', '')}: ", f"{m.get('content') or ''}\n"
-        h = tok(head, add_special_tokens=False)['input_ids']; b = tok(body, add_special_tokens=False)['input_ids']
-        ids += h + b; mask += [False] * len(h) + [m.get('role') == 'assistant'] * len(b)
-    return ids[-max_length:], mask[-max_length:]
-
-def _as_model(model, device):
-    "A (model, tokenizer) pair and a name for the cache."
-    if isinstance(model, tuple): m, t = model; return m, t, str(getattr(m, 'name_or_path', type(m).__name__))
-    from llm_curate.models import load_causal_lm
-    m, t = load_causal_lm(model, device=device)
-    return m, t, str(model)
-
-def _messages_of(samples) -> tuple[list[str], list[list[dict]]]:
-    p = Pool(samples)
-    if not p.has('messages'): raise ValueError("The samples need a 'messages' column (load them with llm_curate.data.load_samples).")
-    return p.ids, [p.messages(i) for i in range(p.n)]
-
-def response_perplexity(samples,                  # datasets.Dataset / list of dicts with `id` and `messages`
-                        model='smollm2',          # model for `load_causal_lm` (HF id, folder, .gguf, 'smollm2') or a loaded (model, tokenizer)
-                        batch_size: int = 8,      # sequences per forward pass
-                        max_length: int = 1024,   # tokens kept per conversation (the last ones)
-                        device: str | None = None, # torch device; default cuda when available
-                        cache_dir: str | os.PathLike | None = None, # cache folder (default: the llm_curate cache); False = no cache
-                        progress: bool = True,    # show a progress bar
-                       ) -> np.ndarray:           # (N,) perplexity of each sample's assistant tokens; NaN when it has none
-    "Perplexity of each sample's assistant responses under a causal LM, batched and cached per model."
-    torch = need('torch', 'train')
-    from tqdm.auto import tqdm
-    ids, msgs = _messages_of(samples)
-    key = hashlib.blake2b(json.dumps([str(model) if not isinstance(model, tuple) else getattr(model[0], 'name_or_path', ''), max_length]).encode(), digest_size=8).hexdigest()
-    cfile = None if cache_dir is False else Path(cache_dir or default_cache_dir()) / 'perplexity' / f'{key}.parquet'
-    known = pd.read_parquet(cfile).set_index('id')['perplexity'] if cfile is not None and cfile.exists() else pd.Series(dtype='float64')
-    todo = [i for i, x in enumerate(ids) if x not in known.index]
-    new = {}
-    if todo:
-        m, tok, _ = _as_model(model, device)
-        dev = next(m.parameters()).device
-        enc = {i: _encode(tok, msgs[i], max_length) for i in todo}
-        order = sorted(todo, key=lambda i: len(enc[i][0]))
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        with torch.no_grad(), tqdm(total=len(order), desc='perplexity', disable=not progress) as bar:
-            for s in range(0, len(order), batch_size):
-                chunk = order[s:s + batch_size]
-                L = max(len(enc[i][0]) for i in chunk)
-                inp = torch.full((len(chunk), L), pad, dtype=torch.long); att = torch.zeros((len(chunk), L), dtype=torch.long)
-                lab = torch.zeros((len(chunk), L), dtype=torch.bool)
-                for r, i in enumerate(chunk):
-                    t, mk = enc[i]; inp[r, :len(t)] = torch.tensor(t); att[r, :len(t)] = 1; lab[r, :len(t)] = torch.tensor(mk)
-                logits = m(input_ids=inp.to(dev), attention_mask=att.to(dev)).logits[:, :-1].float()
-                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), inp[:, 1:].to(dev), reduction='none').cpu()
-                w = lab[:, 1:].float()
-                cnt = w.sum(1)
-                ppl = torch.exp((nll * w).sum(1) / cnt.clamp(min=1))
-                for r, i in enumerate(chunk): new[ids[i]] = float(ppl[r]) if cnt[r] > 0 else float('nan')
-                bar.update(len(chunk))
-        if cfile is not None:
-            allv = pd.concat([known, pd.Series(new, dtype='float64')])
-            with atomic_write(cfile, 'wb') as f: pd.DataFrame({'id': allv.index, 'perplexity': allv.to_numpy()}).to_parquet(f)
-    return np.array([new[x] if x in new else known[x] for x in ids], dtype=np.float64)
-
+# %% ../nbs/05_select.ipynb #7fe6e584
 @register_method('perplexity', needs=('messages',))
 def perplexity(pool, budget, rng, model='smollm2', batch_size: int = 8, max_length: int = 1024, device=None, cache_dir=None, progress: bool = True):
     "Highest response perplexity under a causal LM first."
     ppl = response_perplexity(pool.samples, model, batch_size, max_length, device, cache_dir, progress)
     ok = np.flatnonzero(np.isfinite(ppl))
     _need_enough(len(ok), budget, 'perplexity', 'have an assistant response')
-    idx = ok[_rank(rng, ppl[ok])][:budget]
+    idx = ok[_rank(pool.tie_key()[ok], ppl[ok])][:budget]
     name = model if isinstance(model, str) else 'the given model'
     return Picked(idx, ppl[idx], [f"response perplexity {ppl[i]:.2f} under {name}" for i in idx])
-
-# %% ../nbs/05_select.ipynb #80de4ac3
-def _lora_model(model, device, r: int, alpha: int, target_modules):
-    peft = need('peft', 'train')
-    m, tok, name = _as_model(model, device)
-    cfg = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules), task_type='CAUSAL_LM')
-    return peft.get_peft_model(m, cfg), tok, name
-
-def _loss(torch, m, tok, messages, max_length):
-    ids, mask = _encode(tok, messages, max_length)
-    if not any(mask[1:]): return None
-    dev = next(m.parameters()).device
-    inp = torch.tensor([ids], device=dev)
-    lab = torch.tensor([[t if k else -100 for t, k in zip(ids, mask)]], device=dev)
-    return m(input_ids=inp, labels=lab).loss
-
-def _project(torch, G, proj_dim: int, seed: int, block: int = 1 << 16):
-    "Rademacher projection of the rows of G (B, P) to proj_dim, generated block by block from `seed`."
-    B, P = G.shape
-    out = torch.zeros((B, proj_dim), dtype=torch.float32, device=G.device)
-    for b, s in enumerate(range(0, P, block)):
-        gen = torch.Generator(device=G.device).manual_seed(seed * 1_000_003 + b)
-        R = torch.randint(0, 2, (min(block, P - s), proj_dim), generator=gen, device=G.device, dtype=torch.int8).float().mul_(2).sub_(1)
-        out += G[:, s:s + block].float() @ R
-    return out / math.sqrt(proj_dim)
-
-def less_scores(samples,                   # the pool: datasets.Dataset / list of dicts with `id` and `messages`
-                target,                    # the small target set (same form), e.g. a few examples of the target task
-                model='smollm2',           # base model for `load_causal_lm`, or a loaded (model, tokenizer)
-                warmup_fraction: float = 0.05, # share of the pool used for the warm-up LoRA
-                warmup_max: int | None = None, # at most this many warm-up samples
-                warmup_epochs: int = 4,    # warm-up epochs (the paper: 4)
-                lr: float = 2e-5,          # warm-up learning rate (the paper: 2e-5)
-                lora_r: int = 128,         # LoRA rank (the paper: 128)
-                lora_alpha: int = 512,     # LoRA alpha (the paper: 512)
-                target_modules: Sequence[str] = ('q_proj', 'k_proj', 'v_proj', 'o_proj'), # modules with LoRA adapters
-                proj_dim: int = 8192,      # random-projection dimension
-                proj_batch: int = 32,      # gradients projected together (memory: proj_batch × LoRA parameters)
-                max_length: int = 1024,    # tokens kept per conversation
-                device: str | None = None, # torch device; default cuda when available
-                seed: int = 0,             # seed of the warm-up slice, the LoRA init and the projection
-                progress: bool = True,     # show progress bars
-               ) -> np.ndarray:            # (N,) mean cosine similarity of each sample's gradient to the target gradients
-    "LESS influence scores: Adam-preconditioned LoRA gradients, randomly projected, cosine to the target gradients."
-    torch = need('torch', 'train')
-    from tqdm.auto import tqdm
-    if not 0 < warmup_fraction <= 1: raise ValueError(f"The 'warmup_fraction' parameter of less_scores must be in (0, 1]. Got {warmup_fraction!r} instead.")
-    ids, msgs = _messages_of(samples)
-    _, tmsgs = _messages_of(target)
-    if not tmsgs: raise ValueError("The 'target' set of less_scores is empty: give a few samples of the target task.")
-    torch.manual_seed(seed)
-    m, tok, _ = _lora_model(model, device, lora_r, lora_alpha, target_modules)
-    params = [p for p in m.parameters() if p.requires_grad]
-    rng = np.random.default_rng(seed)
-    n_w = max(1, int(round(warmup_fraction * len(ids))))
-    if warmup_max: n_w = min(n_w, warmup_max)
-    warm = rng.choice(len(ids), size=n_w, replace=False)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    m.train()
-    for ep in range(warmup_epochs):
-        for i in tqdm(rng.permutation(warm), desc=f'LESS warm-up {ep + 1}/{warmup_epochs}', disable=not progress):
-            loss = _loss(torch, m, tok, msgs[i], max_length)
-            if loss is None: continue
-            opt.zero_grad(); loss.backward(); opt.step()
-    b1, b2 = opt.param_groups[0]['betas']; eps = opt.param_groups[0]['eps']
-    st = [opt.state[p] for p in params]
-    m_avg = torch.cat([s['exp_avg'].flatten() for s in st]) if st and 'exp_avg' in st[0] else None
-    v_avg = torch.cat([s['exp_avg_sq'].flatten() for s in st]) if m_avg is not None else None
-    m.eval()
-
-    def grads(convs, adam: bool, desc: str):
-        feats, buf = [], []
-        def flush():
-            if buf: feats.append(_project(torch, torch.stack(buf), proj_dim, seed).cpu()); buf.clear()
-        for c in tqdm(convs, desc=desc, disable=not progress):
-            m.zero_grad()
-            loss = _loss(torch, m, tok, c, max_length)
-            if loss is None: g = torch.zeros(sum(p.numel() for p in params), device=params[0].device)
-            else:
-                loss.backward()
-                g = torch.cat([p.grad.flatten() for p in params]).float()
-                if adam and m_avg is not None:
-                    mm = b1 * m_avg + (1 - b1) * g; vv = b2 * v_avg + (1 - b2) * g * g
-                    g = mm / (vv.sqrt() + eps)
-            buf.append(g)
-            if len(buf) == proj_batch: flush()
-        flush()
-        F = torch.cat(feats)
-        return torch.nn.functional.normalize(F, dim=1)
-    tgt = grads(tmsgs, False, 'LESS target gradients')
-    tr = grads(msgs, True, 'LESS pool gradients')
-    return (tr @ tgt.T).mean(1).double().numpy()
 
 @register_method('less', needs=('messages',))
 def less(pool, budget, rng, target=None, **kw):
     "LESS: highest mean cosine between the Adam-preconditioned LoRA gradient and the target-set gradients first."
     if target is None: raise ValueError("Method 'less' needs a target set: pass target=[...] (a few samples of the target task, with messages).")
     s = less_scores(pool.samples, target, **kw)
-    idx = _rank(rng, s)[:budget]
+    idx = _rank(pool.tie_key(), s)[:budget]
     return Picked(idx, s[idx], [f"gradient cosine to the target set {s[i]:.4f}" for i in idx])
+
 
 # %% ../nbs/05_select.ipynb #a6021f19
 def write_subsets(samples,                    # the pool (datasets.Dataset, list of dicts or DataFrame)
@@ -668,77 +493,7 @@ def write_subsets(samples,                    # the pool (datasets.Dataset, list
         rows.append({'method': m, 'size': b, 'n': len(sel), 'hash': sel.hash, 'path': str(path.relative_to(out)), 'written': not done})
     return pd.DataFrame(rows)
 
-# %% ../nbs/05_select.ipynb #60cc2127
-def rater_like_T(n_scores: int = 6,     # K score levels
-                 bias: float = 0.4,     # upward skew of the ratings, in levels
-                 width: float = 0.8,    # spread of the ratings around the true level, in levels
-                ) -> np.ndarray:        # (K, K) row-stochastic, T[i, j] = P(rated j | true i)
-    "A noise matrix shaped like those estimated for LLM raters: diagonal-heavy, neighbours next, skewed upward."
-    i, j = np.meshgrid(np.arange(n_scores), np.arange(n_scores), indexing='ij')
-    w = np.exp(-((j - np.minimum(i + bias, n_scores - 1)) ** 2) / (2 * width ** 2))
-    return w / w.sum(1, keepdims=True)
-
-@dataclass
-class SyntheticPool:
-    "A generated pool whose true quality is known."
-    samples: list[dict]      # N samples with id, messages, source
-    X: np.ndarray            # (N, d) float32 unit-norm embeddings
-    true: np.ndarray         # (N,) true scores in [0, K)
-    rated: np.ndarray        # (N,) rated scores drawn from T[true]
-    topic: np.ndarray        # (N,) topic (cluster) of each sample
-    T: np.ndarray            # (K, K) the noise matrix used
-
-def synthetic_pool(n: int = 5000,           # pool size
-                   n_clusters: int = 200,   # topics
-                   dim: int = 32,           # embedding dimension
-                   n_scores: int = 6,       # K score levels
-                   T: np.ndarray | None = None, # (K, K) noise matrix; default `rater_like_T(n_scores)`
-                   spread: float = 0.5,     # within-topic noise relative to the distance between topics
-                   rare_bonus: float = 1.5, # how much rarer topics are better, in score levels
-                   zipf: float = 1.0,       # exponent of the topic-size law
-                   n_sources: int = 4,      # distinct `source` values (groups of topics)
-                   subtopics: int = 1,      # sub-topics per topic, each with its own quality (1 = quality is per topic)
-                   within: float = 1.0,     # sd of the sub-topic qualities around their topic's, in levels (when subtopics > 1)
-                   seed: int = 0,           # random seed
-                  ) -> SyntheticPool:
-    "Draw a pool with clustered embeddings, known true scores and noisy ratings."
-    rng = np.random.default_rng(seed)
-    T = rater_like_T(n_scores) if T is None else np.asarray(T, dtype=float)
-    p = 1 / np.arange(1, n_clusters + 1) ** zipf; p /= p.sum()
-    topic = rng.choice(n_clusters, size=n, p=p)
-    rarity = np.arange(n_clusters) / max(n_clusters - 1, 1)            # 0 = biggest topic, 1 = rarest
-    q = rng.normal((n_scores - 1) / 2 + rare_bonus * (rarity - 0.5), 1.0)
-    quality, offset = q[topic], 0.0
-    if subtopics > 1:   # sub-topic centres at `spread` from their topic's centre, qualities spread around the topic's
-        sub = rng.integers(0, subtopics, size=n)
-        quality = (q[:, None] + within * rng.normal(size=(n_clusters, subtopics)))[topic, sub]
-        S = rng.normal(size=(n_clusters, subtopics, dim)); S /= np.linalg.norm(S, axis=2, keepdims=True)
-        offset = spread * S[topic, sub]
-    true = np.clip(np.round(quality), 0, n_scores - 1).astype(np.int64)
-    C = rng.normal(size=(n_clusters, dim)); C /= np.linalg.norm(C, axis=1, keepdims=True)
-    X = C[topic] + offset + spread * rng.normal(size=(n, dim)) / np.sqrt(dim)
-    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
-    cum = T.cumsum(1)
-    rated = (rng.random(n)[:, None] > cum[true]).sum(1).clip(0, n_scores - 1)
-    samples = [{'id': f'syn{i:06d}', 'source': f'source_{topic[i] % n_sources}',
-                'messages': [{'role': 'user', 'content': f'Topic {topic[i]}: question {i}.'},
-                             {'role': 'assistant', 'content': ' '.join(['answer'] * int(5 + 2 * true[i] + rng.integers(0, 30)))}]}
-               for i in range(n)]
-    return SyntheticPool(samples, X, true, rated.astype(np.int64), topic, T)
-
-# %% ../nbs/05_select.ipynb #37d4c344
-def kmeans_labels(X: np.ndarray,      # (N, d) embeddings
-                  k: int = 50,        # clusters
-                  seed: int = 0,      # k-means seed
-                  niter: int = 20,    # k-means iterations
-                 ) -> np.ndarray:     # (N,) cluster of each row
-    "Spherical k-means clusters of the rows of `X` (faiss)."
-    faiss = need('faiss', 'all')
-    Xn = _l2n(X)
-    km = faiss.Kmeans(Xn.shape[1], int(k), niter=niter, seed=seed, spherical=True, verbose=False)
-    km.train(Xn)
-    return km.index.search(Xn, 1)[1][:, 0].astype(np.int64)
-
+# %% ../nbs/05_select.ipynb #2b8cab2a
 def oracle_selection(pool: SyntheticPool,  # the generated pool, with true scores
                      budget,                # number of samples, or a fraction of the pool
                      seed: int = 0,         # tie-break seed
@@ -747,26 +502,6 @@ def oracle_selection(pool: SyntheticPool,  # the generated pool, with true score
     truth = pd.DataFrame({'id': [s['id'] for s in pool.samples], 'score': pool.true})
     return select(pool.samples, 'ds2_raw', budget, scores=truth, X=pool.X, seed=seed)
 
-def selection_quality(pool: SyntheticPool,        # the generated pool, with true scores
-                      selections: dict,            # name -> Selection made on `pool.samples`
-                      n_clusters: int = 50,        # k-means clusters for the coverage
-                      seed: int = 0,               # k-means seed
-                     ) -> pd.DataFrame:            # one row per selection
-    "Mean true score, share of truly top-rated samples, k-means coverage (all and top samples) and topics hit of each selection."
-    labels = kmeans_labels(pool.X, n_clusters, seed)
-    pos = {s['id']: i for i, s in enumerate(pool.samples)}
-    top = pool.true >= pool.true.max() - 1
-    top_clusters = len(np.unique(labels[top]))
-    rows = []
-    for name, sel in selections.items():
-        idx = np.array([pos[i] for i in sel.ids], dtype=np.int64)
-        good = idx[top[idx]]
-        rows.append({'method': name, 'n': len(idx), 'mean_true_score': float(pool.true[idx].mean()),
-                     'share_top': float(top[idx].mean()),
-                     'coverage': len(np.unique(labels[idx])) / n_clusters,
-                     'top_coverage': len(np.unique(labels[good])) / max(top_clusters, 1),
-                     'topics_hit': len(np.unique(pool.topic[idx])) / len(np.unique(pool.topic))})
-    return pd.DataFrame(rows).set_index('method')
 
 # %% ../nbs/05_select.ipynb #381fc83b
 def _param_value(v: str):
@@ -785,7 +520,7 @@ def _cmd_select(args) -> int:
     if args.embeddings and Path(args.embeddings).is_dir():   # a folder from `llm_curate embed`: rows aligned by id
         from llm_curate.embed import load_embeddings
         E, eids, _ = load_embeddings(args.embeddings)
-        X = E[_align(_pool_ids(samples), eids, f'the embeddings in {args.embeddings}', 'Embed the same pool (llm_curate embed DATA --out DIR).')]
+        X = E[align_ids(sample_ids(samples), eids, f'the embeddings in {args.embeddings}', 'Embed the same pool (llm_curate embed DATA --out DIR).')]
     elif args.embeddings:
         X = np.load(args.embeddings, mmap_mode='r')
     kw = {}

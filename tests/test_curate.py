@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
-from llm_curate.curate import (ScoreCurator, curate_scores, CurationReport, make_noisy_scores, empirical_T, ordinal_noise,
+from llm_curate.synthetic import make_noisy_scores, empirical_T, ordinal_noise
+from llm_curate.curate import (ScoreCurator, curate_scores, CurationReport,
                                consensus_counts, fit_transition, hoc_loss_grad)
 from llm_curate.knn import knn_graph, dedupe_rows
 
@@ -96,7 +97,10 @@ def test_tiny_sample_size_never_flags_unsampled():
     X, y, rated = make_noisy_scores(600, n_clusters=60, seed=8)
     cur = ScoreCurator(sample_size=20, detect_rounds=2, hoc_rounds=3).fit(X, rated)
     assert (cur.error_prob_ >= 0).all() and (cur.error_prob_ <= 1).all()
-    assert cur.flagged_.sum() <= 2 * 20
+    seen = cur.rounds_seen_ > 0
+    assert seen.sum() <= 2 * 20 and cur.rounds_seen_.sum() == 2 * 20   # two rounds of 20 samples each
+    assert cur.flagged_.any() and not (cur.flagged_ & ~seen).any()      # flags happen, never on an unsampled sample
+    assert (cur.confidence_[~seen] == 0).all() and (cur.curated_scores_[~seen] == rated[~seen]).all()
 
 
 def test_reuses_graph(noisy):
@@ -196,7 +200,11 @@ def test_exact_duplicates_never_neighbours():
     # duplicates of a sample do not vote as extra copies: curating the duplicated pool gives the same verdict on row 0
     sd = np.concatenate([rated, rated[:100], rated[:50]])
     a, b = curate_scores(X, rated), curate_scores(Xd, sd)
-    assert a.frame.longtail[0] == pytest.approx(b.frame.longtail[0])
+    fa, fb = a.frame, b.frame.iloc[:400]
+    np.testing.assert_allclose(fb.longtail, fa.longtail, rtol=1e-6)
+    # the vote (error score and suggested level) of every sample is the same with or without its copies
+    np.testing.assert_allclose(fb.error_score, fa.error_score, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(fb.suggested, fa.suggested)
 
 
 def test_ivf_recall_and_reported():
@@ -286,3 +294,36 @@ def test_curate_ratings_aligns_by_id(tmp_path):
     ref = curate_scores(X[perm], rated[perm], ids=[ids[i] for i in perm])
     pd.testing.assert_frame_equal(rep.frame, ref.frame)
     assert rep.params['ratings']['embedded_not_rated'] == 50
+
+
+def test_params_follow_the_clone_contract():
+    "get_params returns what __init__ stored, so ScoreCurator(**get_params()) (sklearn.base.clone) rebuilds it; set_params by name."
+    c = ScoreCurator(k=7, longtail_k=15, confidence=0.4, knn_kw={'exact': True})
+    p = c.get_params()
+    assert p == c.get_params(deep=False) and p['k'] == 7 and p['longtail_k'] == 15
+    d = ScoreCurator(**p)
+    assert d.get_params() == p and all(d.get_params()[a] is p[a] for a in p)   # clone keeps each value as is
+    assert d.set_params(k=3, confidence=0.9) is d and d.k == 3 and d.confidence == 0.9 and c.k == 7
+    with pytest.raises(ValueError, match="Invalid parameter 'neighbours' for ScoreCurator"): d.set_params(neighbours=3)
+    import inspect
+    assert set(p) == set(inspect.signature(ScoreCurator).parameters)   # every constructor parameter, nothing else
+    try: from sklearn.base import clone
+    except ImportError: return
+    e = clone(c)
+    assert e is not c and e.get_params() == p
+
+
+def test_vote_and_longtail_neighbourhoods_are_separate(noisy):
+    X, y, rated = noisy
+    X, rated = X[:3000], rated[:3000]
+    base = ScoreCurator().fit(X, rated)
+    assert base.get_params()['k'] == base.get_params()['longtail_k'] == 10   # today's defaults: one neighbourhood of 10
+    lt = ScoreCurator(longtail_k=25).fit(X, rated)
+    np.testing.assert_array_equal(lt.curated_scores_, base.curated_scores_)   # the vote is untouched
+    assert (lt.longtail_ > base.longtail_).mean() > 0.95                      # a wider neighbourhood: farther on average
+    vk = ScoreCurator(k=5).fit(X, rated)
+    np.testing.assert_allclose(vk.longtail_, base.longtail_)                  # the long-tail score is untouched
+    assert not np.array_equal(vk.error_score_, base.error_score_)
+    rep = curate_scores(X, rated, longtail_k=25)
+    assert rep.params['longtail_k'] == 25
+    np.testing.assert_allclose(rep.frame.longtail, lt.longtail_)

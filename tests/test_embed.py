@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from llm_curate.embed import embed_texts, EmbeddingCache, save_embeddings, load_embeddings, resolve_embed_model
-from llm_curate.curate import CurationReport, make_noisy_scores
+from llm_curate.curate import CurationReport
+from llm_curate.synthetic import make_noisy_scores
 
 TEXTS = ['How do I sort a list in Python?', 'Use sorted() or list.sort() to sort a Python list.',
          'What is the capital of France?', 'Paris is the capital of France.', 'Write a haiku about rain.',

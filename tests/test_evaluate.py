@@ -7,7 +7,7 @@ import pytest
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
-pytest.importorskip('lm_eval'); pytest.importorskip('torch')
+import lm_eval, torch  # noqa: F401  (CI installs every extra: a missing one must fail, not skip)
 
 from llm_curate.evaluate import (BENCHMARKS, evaluate, model_name, prepare_mmlu, prepare_truthfulqa, prepare_tydiqa,
                                  task_dir, make_lm)
@@ -41,7 +41,7 @@ def test_prepare_local_files(tmp_path):
 @needs_data
 def test_local_tasks_read_real_files(tmp_path):
     "lm-eval builds every benchmark's tasks from the local files, with the documented sizes and shots."
-    tasks_mod = pytest.importorskip('lm_eval.tasks')
+    import lm_eval.tasks as tasks_mod
     td = task_dir(list(BENCHMARKS), EVAL, cache_dir=tmp_path)
     assert task_dir(list(BENCHMARKS), EVAL, cache_dir=tmp_path) == td   # cached
     tm = tasks_mod.TaskManager(include_path=str(td), include_defaults=False)
@@ -82,7 +82,7 @@ def test_evaluate_smollm2_five_benchmarks(tmp_path):
         assert 0 <= rec['score'] <= 1 and rec['limit'] == 1
     raw = json.loads(gzip.decompress((tmp_path / 'smollm2' / 'lm_eval_results.json.gz').read_bytes()))
     assert 'gsm8k_cot' in raw['results'] and 'tydiqa_goldp_en' in raw['results']
-    report = pytest.importorskip('llm_curate.report')
+    import llm_curate.report as report
     got = report.load_results(tmp_path)
     assert sorted(got.benchmark) == sorted(BENCHMARKS) and len(got) == 5   # the raw .json.gz is not double counted
 

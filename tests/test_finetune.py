@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
-torch = pytest.importorskip('torch')
-pytest.importorskip('trl'); pytest.importorskip('peft')
+import torch, trl, peft  # noqa: F401  (CI installs every extra: a missing one must fail, not skip)
 
 from llm_curate.data import load_samples, save_samples
 from llm_curate.models import load_causal_lm
@@ -67,7 +66,6 @@ def test_mask_token_by_token(pool, tok):
 
 def test_trl_labels_follow_mask(pool, tok, tmp_path):
     "The labels TRL builds from our masks are the input ids on assistant tokens and -100 elsewhere."
-    trl, peft = pytest.importorskip('trl'), pytest.importorskip('peft')
     model, _ = load_causal_lm('smollm2')
     train, dropped = sft_dataset(pool, tok, max_length=80)
     cfg = trl.SFTConfig(output_dir=str(tmp_path), max_length=80, report_to='none', use_cpu=True, max_steps=1)

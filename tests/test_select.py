@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
-from llm_curate.select import (METHODS, Selection, select, synthetic_pool, register_method, Picked, _rank,
-                               diversity_walk, selection_quality, oracle_selection, kmeans_labels)
+from llm_curate.select import (METHODS, Selection, select, register_method, Picked, _rank, diversity_walk,
+                               oracle_selection)
+from llm_curate.synthetic import synthetic_pool, selection_quality, kmeans_labels
 
 
 def fake_report(sp, fix=0.7, seed=0):
@@ -62,9 +63,22 @@ def test_ties_depend_on_seed_not_on_file_order():
     rep = pd.DataFrame({'id': [s['id'] for s in samples], 'score': 3, 'curated_score': 3, 'longtail': 0.5})
     a = select(samples, 'ds2', 5, report=rep, seed=0)
     b = select(samples[::-1], 'ds2', 5, report=rep.iloc[::-1], seed=0)
+    assert b.ids == a.ids                       # the reversed file selects the same ids, in the same order
     assert a.ids == select(samples, 'ds2', 5, report=rep, seed=0).ids
     assert select(samples, 'ds2', 5, report=rep, seed=1).ids != a.ids
-    assert len(set(a.ids)) == 5 and len(set(b.ids)) == 5
+    assert len(set(a.ids)) == 5
+
+
+@pytest.mark.parametrize('method', CHEAP + ['full'])
+def test_same_subset_whatever_the_file_order(method, sp, rep):
+    "A reversed or shuffled pool (its embeddings and report alike) selects the same ids, in the same order."
+    kw = {'tau': 0.02} if method.startswith('deita') else {}
+    budget = None if method == 'full' else 60
+    a = select(sp.samples, method, budget, report=rep, X=sp.X, seed=5, **kw)
+    for perm in (np.arange(len(sp.samples))[::-1], np.random.default_rng(1).permutation(len(sp.samples))):
+        b = select([sp.samples[i] for i in perm], method, budget, report=rep.iloc[perm], X=sp.X[perm], seed=5, **kw)
+        if method == 'full': assert sorted(b.ids) == sorted(a.ids)   # the whole pool, in file order by definition
+        else: assert b.ids == a.ids and b.hash == a.hash
 
 
 def test_ds2_orders_by_curated_then_longtail(sp, rep):
@@ -76,10 +90,15 @@ def test_ds2_orders_by_curated_then_longtail(sp, rep):
     assert sel.ids == select(sp.samples, 'ds2_raw', 200, report=rep, curated=True).ids
 
 
-def test_curation_improves_true_score(sp, rep):
-    sels = {m: select(sp.samples, m, 60, report=rep, X=sp.X, seed=0) for m in ['ds2', 'ds2_raw', 'random']}
-    q = selection_quality(sp, sels, n_clusters=20)
-    assert q.loc['ds2', 'mean_true_score'] >= q.loc['ds2_raw', 'mean_true_score'] > q.loc['random', 'mean_true_score']
+def test_curation_improves_true_score():
+    "With a real curation report (not one copied from the truth), curated DS2 picks truly better samples than raw DS2."
+    from llm_curate.curate import curate_scores
+    big = synthetic_pool(3000, n_clusters=75, seed=4)
+    real = curate_scores(big.X, big.rated, ids=[s['id'] for s in big.samples])
+    assert (real.frame['curated_score'] == big.true).mean() > (big.rated == big.true).mean() + 0.05
+    sels = {m: select(big.samples, m, 300, report=real, X=big.X, seed=0) for m in ['ds2', 'ds2_raw', 'random']}
+    q = selection_quality(big, sels, n_clusters=20)['mean_true_score']
+    assert q['ds2'] > q['ds2_raw'] + 0.05 and q['ds2_raw'] > q['random'] + 0.5
 
 
 def test_oracle_is_the_quality_ceiling_and_metrics_are_exact(sp, rep):
@@ -340,7 +359,7 @@ def smol():
 
 
 def test_encode_masks_only_assistant_content(smol):
-    from llm_curate.select import _encode
+    from llm_curate.signals import _encode
     _, tok = smol
     msgs = conv('Hi there', 'Hello!') + [{'role': 'user', 'content': 'Again'}, {'role': 'assistant', 'content': 'Sure thing'}]
     ids, mask = _encode(tok, msgs, 1000)
@@ -350,7 +369,7 @@ def test_encode_masks_only_assistant_content(smol):
 
 
 def test_perplexity_batched_equals_single_and_cached(smol, tmp_path, monkeypatch):
-    from llm_curate import select as S
+    from llm_curate import signals as S
     pool = [{'id': 'a', 'messages': conv('What is 2+2?', '2+2 is 4.')},
             {'id': 'b', 'messages': conv('Name a colour.', 'Blue is a colour that many people like a lot.')},
             {'id': 'c', 'messages': conv('Say nothing.', 'zebra quantum pickle seventeen')},
@@ -400,7 +419,7 @@ def test_less_end_to_end_prefers_target_task():
 
 def test_project_is_a_seeded_rademacher_map():
     import torch
-    from llm_curate.select import _project
+    from llm_curate.signals import _project
     G = torch.randn(3, 1000)
     a, b = _project(torch, G, 64, seed=1, block=256), _project(torch, G, 64, seed=1, block=256)
     assert torch.equal(a, b) and a.shape == (3, 64)
@@ -408,4 +427,7 @@ def test_project_is_a_seeded_rademacher_map():
     np.testing.assert_allclose(_project(torch, 2 * G, 64, 1, 256), 2 * a, rtol=1e-5)
     # inner products preserved on average (JL): relative error small for a big projection
     big = _project(torch, G, 4096, seed=0)
-    np.testing.assert_allclose((big @ big.T).numpy(), (G @ G.T).numpy(), rtol=0.15, atol=60)
+    # error of each inner product relative to the norms (JL: about 1/sqrt(4096) ~ 0.016), off-diagonal ones included
+    n = G.norm(dim=1)
+    err = ((big @ big.T) - (G @ G.T)).abs() / (n[:, None] * n[None, :])
+    assert err.max() < 0.08, err

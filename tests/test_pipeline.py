@@ -142,3 +142,24 @@ def test_finetune_evaluate_and_report(tmp_path, scores_file):
     cfg['evaluate']['limit'] = 2
     assert [(s.stage, s.action) for s in Pipeline(cfg, progress=False).plan()][5:] == [
         ('finetune', 'skip'), ('evaluate', 'run'), ('report', 'run')]
+
+
+def test_curate_stage_goes_through_curate_ratings(tmp_path):
+    "The pipeline's curate stage uses curate_ratings: ok rows only, aligned by id, and a repeated id is an error."
+    from llm_curate.pipeline import _stage_curate, RunContext
+    from llm_curate.embed import save_embeddings
+    from llm_curate.synthetic import make_noisy_scores
+    from llm_curate.curate import curate_ratings, CurationReport
+    X, y, rated = make_noisy_scores(600, n_clusters=60, seed=1)
+    ids = [f's{i}' for i in range(600)]
+    save_embeddings(tmp_path / 'embeddings', X, ids, 'test')
+    table = pd.DataFrame({'id': ids, 'score': rated, 'rater': 'r', 'status': ['failed' if i % 10 == 0 else 'ok' for i in range(600)]})
+    cfg = {'curate': {'k': 10, 'confidence': 0.5, 'random_state': 0, 'options': {}}}
+    table.to_parquet(tmp_path / 'ratings.parquet')
+    msg = _stage_curate(cfg, RunContext(tmp_path, progress=False))
+    assert msg.startswith('540 curated (60 without an ok rating left out)')
+    got = CurationReport.load(tmp_path / 'curation').frame
+    pd.testing.assert_frame_equal(got, curate_ratings(table, tmp_path / 'embeddings', k=10, confidence=0.5, random_state=0).frame)
+    pd.concat([table, table.iloc[[5]]]).to_parquet(tmp_path / 'ratings.parquet')
+    with pytest.raises(ValueError, match="'s5' is rated more than once"):
+        _stage_curate(cfg, RunContext(tmp_path, progress=False))

@@ -420,7 +420,9 @@ def test_less_end_to_end_prefers_target_task():
 def test_project_is_a_seeded_rademacher_map():
     import torch
     from llm_curate.signals import _project
+    torch.manual_seed(0)
     G = torch.randn(3, 1000)
+    G[1] = 0.8 * G[0] + 0.6 * G[1]; G[2] = -0.5 * G[0] + 0.87 * G[2]   # rows at cosine ~0.8 and ~-0.5
     a, b = _project(torch, G, 64, seed=1, block=256), _project(torch, G, 64, seed=1, block=256)
     assert torch.equal(a, b) and a.shape == (3, 64)
     # linear, and the same map when the input is projected in one block per row-chunk
@@ -430,4 +432,4 @@ def test_project_is_a_seeded_rademacher_map():
     # error of each inner product relative to the norms (JL: about 1/sqrt(4096) ~ 0.016), off-diagonal ones included
     n = G.norm(dim=1)
     err = ((big @ big.T) - (G @ G.T)).abs() / (n[:, None] * n[None, :])
-    assert err.max() < 0.08, err
+    assert err.max() < 0.05, err

@@ -327,3 +327,19 @@ def test_vote_and_longtail_neighbourhoods_are_separate(noisy):
     rep = curate_scores(X, rated, longtail_k=25)
     assert rep.params['longtail_k'] == 25
     np.testing.assert_allclose(rep.frame.longtail, lt.longtail_)
+
+
+def test_cli_sets_k_and_longtail_k_apart(tmp_path, capsys):
+    import argparse
+    from llm_curate.curate import add_cli
+    from llm_curate.embed import save_embeddings
+    X, y, rated = make_noisy_scores(400, n_clusters=40, seed=12)
+    ids = [f's{i}' for i in range(400)]
+    save_embeddings(tmp_path / 'emb', X, ids, 'gen')
+    pd.DataFrame({'id': ids, 'status': 'ok', 'score': rated, 'rater': 'r'}).to_parquet(tmp_path / 'r.parquet')
+    parser = argparse.ArgumentParser(); add_cli(parser.add_subparsers())
+    args = parser.parse_args(['curate', '--scores', str(tmp_path / 'r.parquet'), '--embeddings', str(tmp_path / 'emb'),
+                              '--out', str(tmp_path / 'rep'), '--k', '6', '--longtail-k', '15'])
+    assert args.func(args) == 0
+    p = CurationReport.load(tmp_path / 'rep').params
+    assert (p['k'], p['longtail_k']) == (6, 15)

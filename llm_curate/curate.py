@@ -302,6 +302,9 @@ class ScoreCurator:
         return self
 
 # %% ../nbs/04_curate.ipynb #fd73ae0e
+_KNN_REPORTED = ('dtype', 'pca_dim', 'candidates', 'nlist', 'nprobe', 'efSearch', 'hnsw_m', 'tuned_recall', 'cost_model_s',
+                 'exact_est_s', 'n_shards')  # k-NN graph parameters copied into the report
+
 def _versions() -> dict:
     import importlib.metadata as md
     out = {}
@@ -370,7 +373,7 @@ def curate_scores(X: np.ndarray,          # (N, d) embeddings, row-aligned with 
     g = cur.graph_
     params = {**cur.get_params(), 'n': N, 'n_unique': g.n_unique, 'soft_scores': np.ndim(scores) == 2,
               'single_level': bool(cur.single_level_),
-              'knn': {'method': g.method, 'recall': g.recall, **{k: v for k, v in g.params.items() if k in ('n_cells', 'nprobe', 'tuned_recall')}},
+              'knn': {'method': g.method, 'recall': g.recall, **{k: v for k, v in g.params.items() if k in _KNN_REPORTED}},
               'hoc_loss': cur.hoc_loss_, 'timings_s': {k: round(v, 3) for k, v in cur.timings_.items()},
               'rated_counts': np.bincount(y, minlength=K).tolist(),
               'curated_counts': np.bincount(cur.curated_scores_, minlength=K).tolist(),

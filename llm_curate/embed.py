@@ -12,7 +12,7 @@ from .data import need, atomic_write, default_cache_dir, render_conversation, it
 
 # %% auto #0
 __all__ = ['logger', 'DEFAULT_MODEL', 'resolve_embed_model', 'EmbeddingCache', 'load_embedder', 'embed_texts', 'save_embeddings',
-           'load_embeddings', 'embed_samples', 'add_cli']
+           'load_embeddings', 'embed_texts_ray', 'embed_samples', 'add_cli']
 
 # %% ../nbs/02_embed.ipynb #eda72ca2
 logger = logging.getLogger(__name__)
@@ -196,6 +196,60 @@ def load_embeddings(path: str | os.PathLike,  # folder written by `save_embeddin
     if len(ids) != len(X): raise ValueError(f"{path}: ids.json lists {len(ids)} ids but embeddings.npy has {len(X)} rows.")
     meta = json.loads((path / 'meta.json').read_text(encoding='utf-8')) if (path / 'meta.json').exists() else {}
     return X, ids, meta
+
+# %% ../nbs/02_embed.ipynb #69a7a4d5
+class _EmbedReplica:
+    "One sentence-transformers model inside a Ray Data actor."
+    def __init__(self, path: str, device: str | None, max_seq_length: int | None, num_threads: int | None):
+        if num_threads:
+            import torch
+            torch.set_num_threads(num_threads)
+        self.model = load_embedder(path, device)
+        if max_seq_length: self.model.max_seq_length = max_seq_length
+
+    def __call__(self, batch: dict) -> dict:
+        E = self.model.encode(list(batch['text']), batch_size=len(batch['text']), normalize_embeddings=True,
+                              convert_to_numpy=True, show_progress_bar=False)
+        return {'i': batch['i'], 'emb': np.asarray(E, np.float32)}
+
+def embed_texts_ray(texts: Sequence[str],          # N texts
+                    model: str | None = None,      # sentence-transformers hub id or folder (see `embed_texts`)
+                    replicas: int | None = None,   # actors; default: cluster GPUs // num_gpus, or 1 without GPUs
+                    num_gpus: float | None = None, # GPUs per actor; default 1 when the cluster has GPUs, else 0
+                    num_cpus: float = 1,           # CPUs per actor
+                    batch_size: int = 64,          # texts per actor call
+                    max_seq_length: int | None = None,  # truncate texts to this many tokens (default: the model's)
+                    num_threads: int | None = None,     # torch threads per CPU actor (default: torch's)
+                    address: str | None = None,    # Ray cluster address; None = the running one, or a new local one
+                    init_kw: dict | None = None,   # more `ray.init` arguments for a new local cluster (e.g. num_cpus=2)
+                    progress: bool = False,        # Ray Data progress bars
+                   ) -> np.ndarray:                # (N, d) float32, unit-norm rows, input order
+    "Embed texts as a Ray Data pipeline: `map_batches` over an actor pool of model replicas."
+    ray = need('ray', 'ray'); need('ray.data', 'ray')
+    texts = list(texts)
+    bad = next((j for j, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None: raise TypeError(f"texts[{bad}] is {type(texts[bad]).__name__}, not str. Render conversations with llm_curate.data.render_conversation first.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"The 'batch_size' parameter of embed_texts_ray must be an int >= 1. Got {batch_size!r} instead.")
+    if not texts: raise ValueError("embed_texts_ray got no texts.")
+    path, name = resolve_embed_model(model)
+    if not ray.is_initialized(): ray.init(address=address, **(init_kw or {}))
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    gpus = ray.cluster_resources().get('GPU', 0)
+    ng = (1 if gpus else 0) if num_gpus is None else num_gpus
+    reps = replicas or (max(1, int(gpus // ng)) if ng else 1)
+    order = np.argsort([-len(t) for t in texts], kind='stable')
+    ds = ray.data.from_items([{'i': int(j), 'text': texts[j]} for j in order])
+    ds = ds.map_batches(_EmbedReplica, fn_constructor_kwargs={'path': path, 'device': 'cuda' if ng else None,
+                                                             'max_seq_length': max_seq_length, 'num_threads': num_threads},
+                        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=reps), num_gpus=ng or None,
+                        num_cpus=num_cpus, batch_format='numpy')
+    X = None
+    for b in ds.iter_batches(batch_format='numpy', batch_size=None):
+        if X is None: X = np.zeros((len(texts), b['emb'].shape[1]), np.float32)
+        X[b['i']] = b['emb']
+    logger.info("embed (Ray Data, %d actors): %d texts with %s", reps, len(texts), name)
+    return X
 
 # %% ../nbs/02_embed.ipynb #7e4369fe
 def embed_samples(samples,                    # datasets.Dataset / DataFrame / list of dicts with `id` and `messages`

@@ -1,0 +1,115 @@
+"k-NN graph: faiss methods and the cost model, exact-duplicate semantics, float16 / memory maps, the realistic generator (Ray shards: test_ray.py)."
+import numpy as np
+import pytest
+
+from llm_curate.knn import (knn_graph, dedupe_rows, check_embeddings, neighbour_stats, realistic_embeddings, bundled_geometry,
+                            _recall)
+from llm_curate.curate import curate_scores
+
+
+def clustered(n, d, n_clusters, spread, seed=0):
+    r = np.random.default_rng(seed)
+    C = r.normal(size=(n_clusters, d)).astype(np.float32)
+    return C[r.integers(0, n_clusters, n)] + spread * r.normal(size=(n, d)).astype(np.float32)
+
+
+@pytest.fixture(scope='module')
+def pool():
+    X = clustered(12000, 48, 200, 1.1, seed=3)
+    Xd = np.concatenate([X, X[:300], X[:100]])          # rows 0..99 three times, 100..299 twice
+    return Xd, knn_graph(Xd, k=10, exact=True)
+
+
+@pytest.mark.parametrize('method', ['pca-flat', 'pca-ivf', 'pca-hnsw'])
+def test_methods_keep_exact_semantics(pool, method):
+    Xd, ge = pool
+    g = knn_graph(Xd, k=10, method=method, n_eval=300)
+    grp, _ = dedupe_rows(check_embeddings(Xd))
+    assert g.method == method and g.n_unique == 12000
+    assert not (grp[g.indices] == grp[:, None]).any()                 # never itself nor an exact duplicate
+    np.testing.assert_array_equal(g.indices[0], g.indices[12000])     # duplicates share their neighbours
+    U = check_embeddings(Xd)
+    np.testing.assert_allclose(g.distances, 1 - np.einsum('nd,nkd->nk', U, U[g.indices]), atol=1e-5)  # re-ranked exactly
+    assert (np.diff(g.distances, axis=1) >= -1e-6).all()
+    true = _recall(g.indices, ge.indices)
+    assert true >= 0.94 and abs(g.recall - true) < 0.03              # the stored recall is what a full comparison gives
+    for key in ('pca_dim', 'candidates', 'tuned_recall', 'exact_est_s'): assert key in g.params
+
+
+def test_cost_model_records_its_choice(pool):
+    Xd, ge = pool
+    g = knn_graph(Xd, k=10, exact=False, n_eval=300, pilot=4000)
+    assert set(g.params['cost_model_s']) == {'flat', 'ivf', 'hnsw'} and g.method.startswith('pca-')
+    assert g.params['cost_model_s'][g.method[4:]] == min(g.params['cost_model_s'].values())
+    g2 = knn_graph(Xd, k=10, exact=None, exact_max_flops=0, n_eval=300, pilot=4000)  # the cost model may pick exact
+    assert g2.method == 'exact' or g2.recall >= 0.94
+    assert knn_graph(Xd[:1500], k=5).method == 'exact'                 # small pools: exact, nothing measured
+
+
+def test_bad_parameters():
+    X = clustered(100, 8, 5, 1.0)
+    with pytest.raises(ValueError, match="'method' parameter of knn_graph must be one of"): knn_graph(X, method='ivf')
+    with pytest.raises(ValueError, match="'target_recall' parameter"): knn_graph(X, target_recall=0)
+    import faiss
+    if not (hasattr(faiss, 'StandardGpuResources') and faiss.get_num_gpus() > 0):
+        with pytest.raises(ValueError, match='gpu=True but faiss has no GPU'): knn_graph(X, gpu=True)
+
+
+def _gpu():
+    import faiss
+    return hasattr(faiss, 'StandardGpuResources') and faiss.get_num_gpus() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu(), reason='needs a GPU and the faiss GPU build')
+def test_exact_gpu_matches_cpu(pool):
+    Xd, ge = pool
+    g = knn_graph(Xd, k=10, gpu=True)
+    assert g.method == 'exact-gpu' and _recall(g.indices, ge.indices) >= 0.999
+
+
+def test_float16_memmap(tmp_path, pool):
+    Xd, ge = pool
+    np.save(tmp_path / 'x.npy', check_embeddings(Xd).astype(np.float16))
+    Xm = np.load(tmp_path / 'x.npy', mmap_mode='r')
+    assert check_embeddings(Xm) is Xm
+    g = knn_graph(Xm, k=10, exact=True)
+    assert g.params['dtype'] == 'float16' and g.n_unique == 12000
+    assert _recall(g.indices, ge.indices) >= 0.97
+    ga = knn_graph(Xm, k=10, method='pca-ivf', n_eval=300)
+    assert _recall(ga.indices, ge.indices) >= 0.93
+
+
+def test_report_records_the_knn_search(pool):
+    Xd, _ = pool
+    r = np.random.default_rng(0).integers(0, 4, len(Xd))
+    rep = curate_scores(Xd, r, n_scores=4, steps=50, knn_kw={'method': 'pca-ivf', 'n_eval': 300})
+    kn = rep.params['knn']
+    assert kn['method'] == 'pca-ivf' and 0.9 <= kn['recall'] <= 1 and {'pca_dim', 'candidates', 'nprobe', 'nlist'} <= set(kn)
+
+
+# ---------- the realistic generator ----------
+def _cum(s):
+    s = np.asarray(s); return np.cumsum(s) / s.sum()
+
+
+def test_generator_matches_real_geometry():
+    "Spectrum and nearest-neighbour distances of generated rows vs the real MiniLM ones (bundled fit), tolerances stated."
+    geo = bundled_geometry()
+    X = realistic_embeddings(geo['fit_n'], seed=7)
+    st = neighbour_stats(X, k=geo['k'])
+    assert np.abs(_cum(st['spectrum']) - _cum(geo['spectrum'])).max() <= 0.05          # cumulative variance within 5 points
+    assert abs(st['dims_for_90pct'] - geo['dims_for_90pct']) <= 0.15 * geo['dims_for_90pct']
+    for f in ('d1', f"d{geo['k']}"):                                                   # NN distance quantiles within 0.07
+        assert np.abs(np.subtract(st[f], geo['fit_real'][f])).max() <= 0.07, (f, st[f], geo['fit_real'][f])
+    # the easy case (tight clusters) fails the same test: the test can tell
+    E = check_embeddings(clustered(geo['fit_n'], geo['dim'], geo['fit_n'] // 20, 0.7))
+    se = neighbour_stats(E, k=geo['k'])
+    assert np.abs(np.subtract(se['d1'], geo["fit_real"]["d1"])).max() > 0.07
+
+
+def test_generator_shapes_and_dtypes():
+    X, cl = realistic_embeddings(5000, d=1024, seed=1, dtype=np.float16, return_clusters=True)
+    assert X.shape == (5000, 1024) and X.dtype == np.float16 and cl.shape == (5000,)
+    np.testing.assert_allclose(np.linalg.norm(X.astype(np.float32), axis=1), 1, atol=2e-3)
+    np.testing.assert_array_equal(realistic_embeddings(300, seed=2), realistic_embeddings(300, seed=2))

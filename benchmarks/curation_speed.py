@@ -105,7 +105,8 @@ def child(kind: str, n: int, d: int, k: int, real: str | None, exact_max: int, d
     total_s = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     out = {'kind': kind, 'N': n, 'd': d, 'dtype': dtype, 'n_unique': g.n_unique, 'method': g.method, 'recall': g.recall,
-           'params': {kk: v for kk, v in g.params.items() if kk in ('pca_dim', 'candidates', 'nlist', 'nprobe', 'efSearch', 'cost_model_s')},
+           'params': {kk: v for kk, v in g.params.items() if kk in ('pca_dim', 'candidates', 'nlist', 'nprobe', 'efSearch', 'cost_model_s')
+                      or kk.endswith('_s')},
            'knn_s': knn_s, 'total_s': total_s, 'peak_rss_gb': rss / 2**30, 'rss_over_X': rss / x_bytes, 'gen_s': gen_s,
            'T_mae_truth': float(np.abs(cur.transition_matrix_ - empirical_T(y, rated)).mean()), 'n_flagged': int(cur.flagged_.sum())}
     if g.method.startswith('exact'):

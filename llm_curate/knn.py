@@ -170,6 +170,7 @@ def _fit_pca(U: np.ndarray, dim: int | None, var: float, rng, n_train: int = 163
     T = T - mean
     ev, V = np.linalg.eigh((T.T @ T).astype(np.float64) / len(T))   # d x d covariance from one float32 product
     ev, V = np.clip(ev[::-1], 0, None), V[:, ::-1]
+    if dim is None and d <= 64: dim = d   # few dimensions: a rotation only, the candidate index alone approximates
     if dim is None:  # smallest multiple of 16 keeping `var` of the variance, within [16, d/2]
         cum = np.cumsum(ev) / ev.sum()
         dim = 16 * math.ceil((int(np.searchsorted(cum, var)) + 1) / 16)
@@ -342,16 +343,17 @@ def _approx(U, k, method, target, n_eval, pca_dim, pca_var, pilot, seed, progres
         Up, Zp = _f32(U[ps]), Z[ps]
         pq = rng.choice(m, size=min(n_eval // 2, m // 4), replace=False)
         ptrue = _exact_for(Up, pq, k)
-        cost = {}
+        cost, reach = {}, {}
         for kind in kinds:
             cand = _Candidates(kind, Zp, seed)
-            b, _ = _tune(Up, Zp, cand, pq, ptrue, k, aim, c_grid)
+            b, table = _tune(Up, Zp, cand, pq, ptrue, k, aim, c_grid)
             if b is not None: cost[kind] = round(_predict(kind, cand.build_s, b['search_s'], b['rerank_s'], m, M), 2)
+            reach[kind] = max(row['recall'] for row in table)
         params.update(cost_model_s={kk: v for kk, v in cost.items()}, pilot_rows=m, pilot_s=round(time.perf_counter() - t, 3))
-        if not cost or (allow_exact and min(cost.values()) >= exact_s):
+        if allow_exact and (not cost or min(cost.values()) >= exact_s):
             S, I = _exact_search(U, k, gpu=gpu, progress=progress)
             return S, I, None, 'exact-gpu' if gpu else 'exact'
-        kinds = [min(cost, key=cost.get)]
+        kinds = [min(cost, key=cost.get) if cost else max(reach, key=reach.get)]  # none reaches the aim: the closest
     t = time.perf_counter()
     cand = _Candidates(kinds[0], Z, seed)
     best, table = _tune(U, Z, cand, qt, true_t, k, aim, c_grid)

@@ -36,6 +36,15 @@ def need(module: str,            # importable module name, e.g. 'sentence_transf
                           f"pip install \"llm_curate[{extra}]\"  (import error: {e})") from e
 
 # %% ../nbs/00_data.ipynb #3aee5ce2
+def _umask() -> int:
+    "The process umask, read without changing it where /proc allows (os.umask can only be read by setting it)."
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'): return int(line.split()[1], 8)
+    except OSError: pass
+    m = os.umask(0o022); os.umask(m)
+    return m
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike,  # final file path; its folder is created if missing
                  mode: str = 'w',            # 'w' for text (UTF-8), 'wb' for bytes
@@ -45,6 +54,7 @@ def atomic_write(path: str | os.PathLike,  # final file path; its folder is crea
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished artifact gets the usual permissions
         with os.fdopen(fd, mode, **({} if 'b' in mode else {'encoding': 'utf-8'})) as f:
             yield f
             f.flush(); os.fsync(f.fileno())

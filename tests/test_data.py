@@ -220,3 +220,15 @@ def test_roundtrip_property(turns):
 def test_iter_records_locations(tmp_path):
     p = write(tmp_path / 'x.csv', REAL['alpaca'][:3])
     assert [loc.split(': ')[-1] for loc, _ in iter_records(p)] == ['row 1', 'row 2', 'row 3']
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o002, 0o077])
+def test_atomic_write_follows_umask(tmp_path, umask):
+    "Artifacts get the permissions the umask gives any new file (mkstemp alone would leave them 0600)."
+    from llm_curate.data import atomic_write
+    old = os.umask(umask)
+    try:
+        with atomic_write(tmp_path / 'a.json') as f: f.write('{}')
+        with atomic_write(tmp_path / 'b.npy', 'wb') as f: f.write(b'x')
+    finally: os.umask(old)
+    for n in ('a.json', 'b.npy'): assert (tmp_path / n).stat().st_mode & 0o777 == 0o666 & ~umask, n

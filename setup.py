@@ -37,9 +37,10 @@ setuptools.setup(
     license='Apache-2.0',
     keywords=cfg['keywords'].split(),
     python_requires='>=' + cfg['min_python'],
-    packages=setuptools.find_packages(include=['llm_curate', 'llm_curate.*']),
+    # the data folders are declared as (namespace) packages so setuptools ships them without warning
+    packages=setuptools.find_namespace_packages(include=['llm_curate', 'llm_curate.*'], exclude=['llm_curate.__pycache__']),
     include_package_data=True,
-    package_data={'llm_curate': ['assets/*', 'assets/**/*']},
+    package_data={'llm_curate.assets': ['*', '**/*']},
     install_requires=requirements,
     extras_require=extras,
     entry_points={'console_scripts': cfg['console_scripts'].split(),

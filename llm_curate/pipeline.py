@@ -14,7 +14,7 @@ from .data import atomic_write, read_table
 # %% auto #0
 __all__ = ['logger', 'SCHEMA', 'OPTIONAL_SECTIONS', 'TOP_KEYS', 'STAGES', 'WEAK_JUDGE_NOTE', 'CALIBRATION_NOTE', 'DEMO_COMPARE',
            'validate_config', 'hash_path', 'Manifest', 'Stage', 'RunContext', 'quantile_levels', 'PlanStep', 'Pipeline',
-           'format_plan', 'add_cli', 'demo_pool', 'demo_config']
+           'format_plan', 'example_config', 'add_cli', 'demo_pool', 'demo_config']
 
 # %% ../nbs/10_pipeline.ipynb #b8b966f5
 logger = logging.getLogger(__name__)
@@ -352,53 +352,14 @@ def _stage_evaluate(cfg, ctx: RunContext) -> str:
     return f"evaluated on {', '.join(c['tasks'])}"
 
 # %% ../nbs/10_pipeline.ipynb #aea207ed
-def _mix_plot(pool_mix, sel_mix, path: Path, top: int = 12):
-    from llm_curate.report import _plt, savefig
-    plt = _plt(); names = list(sel_mix.index[:top])[::-1]
-    fig, ax = plt.subplots(figsize=(5.5, 0.25 * len(names) + 0.9), dpi=80)
-    y = np.arange(len(names))
-    ax.barh(y + 0.2, [sel_mix.get(n, 0) * 100 for n in names], 0.4, label='selected')
-    ax.barh(y - 0.2, [pool_mix.get(n, 0) * 100 for n in names], 0.4, label='pool')
-    ax.set_yticks(y); ax.set_yticklabels([n[:40] for n in names], fontsize=7); ax.set_xlabel('% of samples')
-    ax.legend(frameon=False, fontsize=7); savefig(fig, path); plt.close(fig)
-    return path
-
 def _stage_report(cfg, ctx: RunContext) -> str:
     import html, pandas as pd
-    from llm_curate.report import write_report, img_tag, savefig, _plt
+    from llm_curate.report import write_report, run_sections
     run, out = ctx.run_dir, ctx.run_dir / 'report'
     out.mkdir(parents=True, exist_ok=True)
-    sections = []
-    if (run / 'curation').exists():
-        from llm_curate.curate import CurationReport, plot_curation
-        rep = CurationReport.load(run / 'curation'); f = rep.frame
-        changed = int((f['curated_score'] != f['score']).sum())
-        fig = plot_curation(rep); savefig(fig, out / 'curation.png'); _plt().close(fig)
-        sections.append('\n'.join([
-            '<h2>Curation</h2>',
-            f"<p>{len(f):,} rated samples; {int(f['flagged'].sum()):,} flagged as likely mis-rated; {changed:,} scores changed "
-            f"(confidence threshold {cfg['curate']['confidence']}, k = {cfg['curate']['k']}). Left: the estimated transition matrix, "
-            "T[i, j] = P(rated j | true score i); middle: the scores before and after curation; right: the confidence "
-            "of the flagged samples' suggested scores (a score is changed above the dashed threshold).</p>",
-            img_tag(out / 'curation.png')]))
-    if (run / 'comparison.json').exists():
-        comp = json.loads((run / 'comparison.json').read_text())
-        tab = pd.DataFrame(comp['methods']).drop(columns=['top_groups'], errors='ignore').set_index('method')
-        with atomic_write(out / 'selection_comparison.csv') as fh: tab.to_csv(fh)
-        sec = ['<h2>Selection</h2>', f"<p>{comp['budget']:,} of {comp['pool']:,} samples per method. Mean rated and curated "
-               "score of the subset, share of flagged samples in it" + (f", and how many distinct {html.escape(comp['group_column'])}s it covers" if comp['group_column'] else '') + ".</p>",
-               tab.to_html(float_format=lambda v: f'{v:.3f}', border=0)]
-        g = comp['group_column']
-        if g:
-            ds = ctx.samples(); pool_mix = pd.Series(ds[g]).value_counts(normalize=True)
-            sel_ids = set(json.loads((run / 'selection' / 'subset.manifest.json').read_text())['ids'])
-            sel_groups = pd.Series([x for x, i in zip(ds[g], ds['id']) if i in sel_ids])
-            if len(sel_groups):
-                sec += [f'<h3>Mix of the selected subset by {html.escape(g)} (top 12)</h3>',
-                        img_tag(_mix_plot(pool_mix, sel_groups.value_counts(normalize=True), out / 'selection_mix.png'))]
-        sections.append('\n'.join(sec))
+    sections = run_sections(run, out)   # curation, selection, what was picked and why
     notes = [html.escape(n) for n in cfg['report']['notes']]
-    res = write_report(run, out=out, title=cfg.get('name') or None, intro=notes, sections=sections)
+    res = write_report(run, out=out, title=cfg.get('name') or None, intro=notes, sections=sections, matrices=not sections)
     return f"report: {res['report.html']}"
 
 # %% ../nbs/10_pipeline.ipynb #a0ffcf65
@@ -499,12 +460,46 @@ def format_plan(steps: list[PlanStep]) -> str:
     w = max(len(s.stage) for s in steps)
     return '\n'.join(f"{s.stage:<{w}}  {s.action:<4}  {s.reason}" for s in steps)
 
+def example_config() -> str:
+    "An example `llm_curate run` config (YAML): every section and key with its default, and what it means as a comment."
+    lines = ['# llm_curate run CONFIG.yaml: every key with its default (sections finetune/evaluate run only when present)',
+             f'{"run_dir: runs/my_run":<36} # the run folder (required)', f'{"name: my run":<36} # a label for the run']
+    for sec, keys in SCHEMA.items():
+        lines.append(f'{"# " if sec in OPTIONAL_SECTIONS else ""}{sec}:')
+        for k, (_, default, help_) in keys.items():
+            v = json.dumps(default) if default is not None else 'null'
+            if sec == 'data' and k == 'source': v = 'data/pool.jsonl'
+            if sec == 'finetune' and k == 'base_model': v = 'HuggingFaceTB/SmolLM2-135M-Instruct'
+            lines.append(f'{"# " if sec in OPTIONAL_SECTIONS else ""}  {k + ": " + v:<34} # {help_}')
+    return '\n'.join(lines) + '\n'
+
+def _config_keys_help() -> str:
+    "One line per config section listing its keys (for `run --help`)."
+    rows = ['config keys (YAML or JSON; `llm_curate run --example` prints a full example with defaults):',
+            '  top level: ' + ', '.join(f'{k}{" (required)" if "required" in h else ""}' for k, (_, _, h) in TOP_KEYS.items())]
+    rows += [f'  {s}{" (optional section)" if s in OPTIONAL_SECTIONS else ""}: ' + ', '.join(SCHEMA[s]) for s in SCHEMA]
+    return '\n'.join(rows)
+
+def _forced(args) -> tuple:
+    "Stage names of --force (repeatable, or comma-separated), checked."
+    names = [s for v in (args.force or ()) for s in v.split(',') if s]
+    known = [s.name for s in STAGES]
+    bad = [s for s in names if s not in known]
+    if bad:
+        hint = difflib.get_close_matches(bad[0], known, n=1)
+        raise ValueError(f"--force {bad[0]}: no such stage" + (f" (did you mean {hint[0]}?)" if hint else '') + f"; stages: {', '.join(known)}")
+    return tuple(names)
+
 def _cmd_run(args) -> int:
+    if args.example:
+        print(example_config(), end=''); return 0
+    if args.config is None: raise ValueError("CONFIG is required: llm_curate run CONFIG.yaml (see llm_curate run --example)")
+    force = _forced(args)
     p = Pipeline(args.config, progress=not args.quiet)
     if args.dry_run:
-        print(f"plan for {p.run_dir}:\n" + format_plan(p.plan(tuple(args.force or ()))))
+        print(f"plan for {p.run_dir}:\n" + format_plan(p.plan(force)))
         return 0
-    steps = p.run(tuple(args.force or ()))
+    steps = p.run(force)
     m = Manifest(p.run_dir)
     for s in steps:
         rec = m.stages.get(s.stage, {})
@@ -514,18 +509,22 @@ def _cmd_run(args) -> int:
 
 def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
     "Add the `run` and `demo` subcommands."
+    import argparse
     p = sub.add_parser('run', help='run the pipeline from a config file (skips unchanged stages)',
                        description='Run load, rate, embed, curate, select (and finetune, evaluate, report when configured) '
-                                   'from CONFIG (YAML or JSON). Stages whose inputs are unchanged are skipped.')
-    p.add_argument('config', metavar='CONFIG')
+                                   'from CONFIG (YAML or JSON). Stages whose inputs are unchanged are skipped.',
+                       epilog=_config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('config', metavar='CONFIG', nargs='?', help='the run config (YAML or JSON)')
+    p.add_argument('--example', action='store_true', help='print an example config with every key and its default, and exit')
     p.add_argument('--dry-run', action='store_true', help='print the plan and exit')
-    p.add_argument('--force', nargs='+', metavar='STAGE', help='redo these stages even if unchanged')
+    p.add_argument('--force', action='append', metavar='STAGE',
+                   help=f"redo STAGE even if unchanged; repeat it or give a comma list ({', '.join(s.name for s in STAGES)})")
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
     p.set_defaults(func=_cmd_run)
     d = sub.add_parser('demo', help='the whole job on the bundled 5,000-sample T0 pool (offline by default)',
-                       description='Rate, embed, curate and select 10%% of the bundled T0 pool and write the report. '
+                       description='Rate, embed, curate and select 10% of the bundled T0 pool and write the report. '
                                    'Offline the judge is the bundled SmolLM2-135M-Instruct (weak: it shows the mechanics).')
-    d.add_argument('--out', default='llm_curate_demo', help='run folder (default: ./llm_curate_demo)')
+    d.add_argument('--out', default=None, help='run folder (default: <llm_curate cache>/runs/demo, printed at the end; never inside your checkout)')
     d.add_argument('--rater', default='smollm2', help="judge: 'smollm2' (offline), a preset (gpt-4o-mini, ...) or a model name")
     d.add_argument('--backend', default=None, help='openai | openai-batch | vllm | transformers | ray (default: from the rater)')
     d.add_argument('--base-url', default=None, help='OpenAI-compatible endpoint of the judge')
@@ -564,7 +563,9 @@ def demo_config(run_dir: str | os.PathLike,     # where the demo writes everythi
             'report': {'notes': [WEAK_JUDGE_NOTE, CALIBRATION_NOTE] if weak else []}}
 
 def _cmd_demo(args) -> int:
-    cfg = demo_config(args.out, rater=args.rater, backend=args.backend, base_url=args.base_url, limit=args.limit)
+    from llm_curate.data import default_cache_dir
+    out = args.out or default_cache_dir() / 'runs' / 'demo'
+    cfg = demo_config(out, rater=args.rater, backend=args.backend, base_url=args.base_url, limit=args.limit)
     if cfg['report']['notes']: print('note: ' + WEAK_JUDGE_NOTE)
     p = Pipeline(cfg, progress=not args.quiet)
     t = time.perf_counter()

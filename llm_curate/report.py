@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_report.ipynb #ac0e1b74
 from __future__ import annotations
-import base64, html, io, json, logging, math, os
+import base64, html, io, json, logging, math, os, re
 from pathlib import Path
 from typing import Iterable, Sequence
 import numpy as np
@@ -12,10 +12,12 @@ import pandas as pd
 from .data import need, atomic_write
 
 # %% auto #0
-__all__ = ['logger', 'BENCHMARKS', 'RESULT_TAGS', 'PALETTE', 'confusion_matrix', 'agreement', 'cohen_kappa', 'spearman',
-           'fleiss_kappa', 'agreement_table', 'load_results', 'collect_results', 'to_markdown', 'to_latex', 'savefig',
-           'plot_results', 'scale_table', 'plot_data_scale', 'plot_win_tie_lose', 'score_distributions',
-           'plot_score_distributions', 'plot_matrices', 'load_judge_results', 'img_tag', 'write_report', 'add_cli']
+__all__ = ['logger', 'BENCHMARKS', 'RESULT_TAGS', 'PALETTE', 'COMPARISON_COLUMNS', 'confusion_matrix', 'agreement', 'cohen_kappa',
+           'spearman', 'fleiss_kappa', 'agreement_table', 'load_results', 'collect_results', 'to_markdown', 'to_latex',
+           'savefig', 'figure_legibility', 'plot_results', 'scale_table', 'plot_data_scale', 'plot_win_tie_lose',
+           'score_distributions', 'plot_score_distributions', 'plot_matrices', 'load_judge_results', 'img_tag',
+           'write_report', 'shorten', 'picks_table', 'plot_mix', 'plot_curation_run', 'explain_comparison',
+           'run_sections', 'add_cli']
 
 # %% ../nbs/09_report.ipynb #ebabf36b
 logger = logging.getLogger(__name__)
@@ -314,18 +316,34 @@ def _plt():
 def _axes(ax, figsize):
     plt = _plt()
     if ax is not None: return ax.figure, ax
-    fig, ax = plt.subplots(figsize=figsize, dpi=80)
+    fig, ax = plt.subplots(figsize=figsize, dpi=100)
     return fig, ax
 
 def savefig(fig,                       # a matplotlib Figure
             path: str | os.PathLike,   # target .png path
-            dpi: int = 80,             # resolution
+            dpi: int = 100,             # resolution
            ) -> Path:                  # the written path
-    "Write a figure to PNG atomically, without metadata that changes between runs."
+    "Write a figure to PNG atomically, without metadata that changes between runs; its legibility goes into the PNG."
     path = Path(path)
+    meta = json.dumps(figure_legibility(fig, dpi), sort_keys=True)
     with atomic_write(path, 'wb') as f:
-        fig.savefig(f, format='png', dpi=dpi, bbox_inches='tight', metadata={'Software': None})
+        fig.savefig(f, format='png', dpi=dpi, bbox_inches='tight', metadata={'Software': None, 'Comment': meta})
     return path
+
+def figure_legibility(fig,         # a matplotlib Figure
+                      dpi: int = 100, # the resolution it is saved at
+                     ) -> dict:    # min_font_px: smallest text in pixels at 100% zoom; legend_overlap: legend boxes over bars/points
+    "How readable a figure is when shown at its natural size: the smallest font in pixels, and whether a legend covers data."
+    mtext = need('matplotlib.text', 'plots')
+    fig.canvas.draw(); r = fig.canvas.get_renderer()
+    sizes = [t.get_fontsize() for t in fig.findobj(mtext.Text) if t.get_visible() and t.get_text().strip()]
+    overlap = 0
+    for ax in fig.axes:
+        leg = ax.get_legend()
+        if leg is None or not leg.get_visible(): continue
+        box = leg.get_window_extent(r)
+        overlap += sum(1 for p in ax.patches if p.get_visible() and abs(p.get_width() * p.get_height()) > 0 and box.overlaps(p.get_window_extent(r)))
+    return {'min_font_px': round(min(sizes) * dpi / 72, 1) if sizes else None, 'legend_overlap': int(overlap)}
 
 def plot_results(table: pd.DataFrame,  # from `collect_results`: methods × benchmarks (+ average)
                  ax=None,               # matplotlib Axes to draw on (default: a new figure)
@@ -342,10 +360,10 @@ def plot_results(table: pd.DataFrame,  # from `collect_results`: methods × benc
         pos = x - 0.4 + w * (i + 0.5)
         ax.bar(pos, np.nan_to_num(v), w, label=name, color=PALETTE[i % len(PALETTE)])
         for p, val in zip(pos, v):
-            if np.isnan(val): ax.text(p, 1, 'n/a', ha='center', va='bottom', rotation=90, fontsize=6)
+            if np.isnan(val): ax.text(p, 1, 'n/a', ha='center', va='bottom', rotation=90, fontsize=8)
     ax.set_xticks(x, [_display(c) for c in cols], fontsize=8)
-    ax.set_ylabel('score (%)', fontsize=8); ax.tick_params(axis='y', labelsize=7)
-    ax.legend(fontsize=7, frameon=False, ncol=min(n, 4), loc='upper center', bbox_to_anchor=(0.5, -0.12))
+    ax.set_ylabel('score (%)', fontsize=8); ax.tick_params(axis='y', labelsize=8)
+    ax.legend(fontsize=8, frameon=False, ncol=min(n, 4), loc='upper center', bbox_to_anchor=(0.5, -0.12))
     ax.spines[['top', 'right']].set_visible(False)
     return fig
 
@@ -384,7 +402,7 @@ def plot_data_scale(long: pd.DataFrame,       # from `load_results`, with 'budge
     ticks = sorted(st.budget.astype(float).unique())
     ax.set_xticks(ticks, [f'{t / 1000:g}k' if t >= 1000 else f'{t:g}' for t in ticks]); ax.minorticks_off()
     ax.set_xlabel('subset size', fontsize=8); ax.set_ylabel(f'{_display(benchmark)} (%)', fontsize=8)
-    ax.tick_params(labelsize=7); ax.legend(fontsize=7, frameon=False)
+    ax.tick_params(labelsize=8); ax.legend(fontsize=8, frameon=False, loc='upper left', bbox_to_anchor=(1.0, 1.0))
     ax.spines[['top', 'right']].set_visible(False)
     return fig
 
@@ -404,13 +422,13 @@ def plot_win_tie_lose(results,   # list of judge results (dicts or `llm_curate.j
         v = df[part].to_numpy(dtype=float) * 100
         ax.barh(y, v, left=left, color=c, label=lab, height=0.6)
         for yy, l, vv in zip(y, left, v):
-            if vv >= 6: ax.text(l + vv / 2, yy, f'{vv:.0f}', ha='center', va='center', fontsize=7)
+            if vv >= 6: ax.text(l + vv / 2, yy, f'{vv:.0f}', ha='center', va='center', fontsize=8)
         left += v
     ax.set_yticks(y, df['prompt_set'].astype(str), fontsize=8); ax.set_xlim(0, 100)
-    ax.set_xlabel('% of prompts', fontsize=8); ax.tick_params(axis='x', labelsize=7)
+    ax.set_xlabel('% of prompts', fontsize=8); ax.tick_params(axis='x', labelsize=8)
     if 'model_a' in df and 'model_b' in df:
         ax.set_title(f'{df.model_a.iloc[0]} vs {df.model_b.iloc[0]}', fontsize=8)
-    ax.legend(fontsize=7, frameon=False, loc='center left', bbox_to_anchor=(1.0, 0.5))
+    ax.legend(fontsize=8, frameon=False, loc='center left', bbox_to_anchor=(1.0, 0.5))
     ax.spines[['top', 'right']].set_visible(False)
     return fig
 
@@ -444,8 +462,8 @@ def plot_score_distributions(ratings: pd.DataFrame, # see `score_distributions`
     for i, (r, row) in enumerate(tab.iterrows()):
         ax.bar(x - 0.4 + w * (i + 0.5), row.to_numpy() * 100, w, label=str(r), color=PALETTE[i % len(PALETTE)])
     ax.set_xticks(x, [str(c) for c in tab.columns], fontsize=8)
-    ax.set_xlabel('score', fontsize=8); ax.set_ylabel('% of samples', fontsize=8); ax.tick_params(axis='y', labelsize=7)
-    ax.legend(fontsize=7, frameon=False); ax.spines[['top', 'right']].set_visible(False)
+    ax.set_xlabel('score', fontsize=8); ax.set_ylabel('% of samples', fontsize=8); ax.tick_params(axis='y', labelsize=8)
+    ax.legend(fontsize=8, frameon=False, loc='upper left', bbox_to_anchor=(1.0, 1.0)); ax.spines[['top', 'right']].set_visible(False)
     return fig
 
 # %% ../nbs/09_report.ipynb #2c781680
@@ -469,18 +487,18 @@ def plot_matrices(mats,                   # dict name -> (K, K) array or Curatio
     ms = {k: _as_matrix(v) for k, v in mats.items()}
     top = vmax if vmax is not None else max(float(np.nanmax(m)) for m in ms.values())
     n = len(ms); k = max(m.shape[0] for m in ms.values())
-    fig, axes = plt.subplots(1, n, figsize=(0.6 + (0.35 * k + 0.5) * n, 0.35 * k + 0.9), dpi=80, squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(0.6 + (0.35 * k + 0.5) * n, 0.35 * k + 0.9), dpi=100, squeeze=False)
     for ax, (name, m) in zip(axes[0], ms.items()):
         im = ax.imshow(m, vmin=0, vmax=top, cmap='Blues')
         if fmt:
             for (i, j), v in np.ndenumerate(m):
                 ax.text(j, i, format(v, fmt).lstrip('0') if fmt.startswith('.') and 0 <= v < 1 else format(v, fmt),
-                        ha='center', va='center', fontsize=6, color='white' if v > 0.6 * top else 'black')
+                        ha='center', va='center', fontsize=8, color='white' if v > 0.6 * top else 'black')
         ax.set_title(str(name), fontsize=8)
-        ax.set_xticks(range(m.shape[1])); ax.set_yticks(range(m.shape[0])); ax.tick_params(labelsize=6)
-        ax.set_xlabel(xlabel, fontsize=7)
-    axes[0][0].set_ylabel(ylabel, fontsize=7)
-    cb = fig.colorbar(im, ax=list(axes[0]), shrink=0.8); cb.ax.tick_params(labelsize=6); cb.set_label(title, fontsize=7)
+        ax.set_xticks(range(m.shape[1])); ax.set_yticks(range(m.shape[0])); ax.tick_params(labelsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
+    axes[0][0].set_ylabel(ylabel, fontsize=8)
+    cb = fig.colorbar(im, ax=list(axes[0]), shrink=0.8); cb.ax.tick_params(labelsize=8); cb.set_label(title, fontsize=8)
     return fig
 
 # %% ../nbs/09_report.ipynb #48de3a92
@@ -523,9 +541,26 @@ def _ratings(run_dir: Path) -> pd.DataFrame | None:
             frames.append(pd.read_parquet(f, columns=['id', 'rater', 'score'] + (['status'] if 'status' in names else [])))
     return pd.concat(frames, ignore_index=True) if frames else None
 
+def _png_info(data: bytes) -> tuple[int, dict]:
+    "Width of a PNG and the JSON of its Comment text chunk (written by `savefig`)."
+    import struct, zlib
+    width, meta, at = struct.unpack('>I', data[16:20])[0], {}, 8
+    while at + 8 <= len(data):
+        n, kind = struct.unpack('>I4s', data[at:at + 8]); body = data[at + 8:at + 8 + n]; at += 12 + n
+        if kind in (b'tEXt', b'zTXt', b'iTXt') and body.startswith(b'Comment\0'):
+            raw = body[8:]
+            if kind == b'zTXt': raw = zlib.decompress(raw[1:])
+            elif kind == b'iTXt': raw = raw[2:].split(b'\0', 2)[-1]
+            try: meta = json.loads(raw.decode('utf-8'))
+            except ValueError: pass
+        if kind == b'IEND': break
+    return width, meta
+
 def img_tag(path: Path) -> str: # a PNG file
-    "An `<img>` tag with the PNG inlined, so the HTML page is one self-contained file."
-    return f'<img alt="{path.stem}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+    "An `<img>` tag with the PNG inlined (one self-contained page), shown at its natural width, with its legibility as data attributes."
+    data = path.read_bytes(); w, meta = _png_info(data)
+    attrs = ''.join(f' data-{k.replace("_", "-")}="{v}"' for k, v in meta.items() if v is not None)
+    return f'<img alt="{path.stem}" width="{w}"{attrs} src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 def write_report(run_dir: str | os.PathLike,  # a run folder: eval results, judge results, rating tables, curation reports
                  out: str | os.PathLike | None = None, # output folder (default: run_dir/report)
@@ -533,6 +568,7 @@ def write_report(run_dir: str | os.PathLike,  # a run folder: eval results, judg
                  average: str = 'strict',     # see `collect_results`
                  intro: Sequence[str] = (),   # paragraphs (HTML) shown first, e.g. caveats about the run
                  sections: Sequence[str] = (),# extra HTML sections (e.g. from the pipeline), shown before the standard ones
+                 matrices: bool = True,       # draw the transition matrices (False when `sections` already show them)
                 ) -> dict:                    # name -> written path, and 'skipped': [reasons]
     "Write every table and figure a run folder supports, plus one self-contained HTML page."
     run_dir = Path(run_dir)
@@ -552,17 +588,17 @@ def write_report(run_dir: str | os.PathLike,  # a run folder: eval results, judg
         with atomic_write(out / 'results.csv') as f: table.to_csv(f)
         written['results.csv'] = out / 'results.csv'
         std = collect_results(long, stat='std')
-        sec = ['<h2>Benchmark results (%)</h2>', table.to_html(float_format=lambda v: f'{v:.1f}', na_rep='–', border=0),
+        sec = ['<h2>Benchmark results (%)</h2>', table.reset_index().to_html(index=False, float_format=lambda v: f'{v:.1f}', na_rep='–', border=0),
                '<p>Mean over seeds. A missing metric is shown as – and is not averaged in as 0; ' +
                ('the average of a row with a missing benchmark is missing.' if average == 'strict' else
                 'averages over fewer benchmarks are marked by n_missing.') + '</p>']
         if std.notna().to_numpy().any():
-            sec += ['<h3>Standard deviation over seeds</h3>', std.to_html(float_format=lambda v: f'{v:.2f}', na_rep='–', border=0)]
+            sec += ['<h3>Standard deviation over seeds</h3>', std.reset_index().to_html(index=False, float_format=lambda v: f'{v:.2f}', na_rep='–', border=0)]
         sec.append(img_tag(fig_out(plot_results(table), 'results')))
         if long.budget.notna().any() and long.groupby('method').budget.nunique().max() > 1:
             sec.append(img_tag(fig_out(plot_data_scale(long), 'data_scale')))
         sections.append('\n'.join(sec))
-    else: skipped.append('benchmark results: no result JSON found')
+    else: skipped.append('Benchmark results: no model was evaluated in this run; they appear here once evaluation writes its result JSON under the run folder (the finetune and evaluate stages of `llm_curate run`, or `llm_curate evaluate`).')
     judge = load_judge_results(src) if src else pd.DataFrame()
     if len(judge):
         with atomic_write(out / 'judge.csv') as f: judge.drop(columns='path').to_csv(f, index=False)
@@ -570,28 +606,246 @@ def write_report(run_dir: str | os.PathLike,  # a run folder: eval results, judg
         show = judge.drop(columns='path')
         sections.append('\n'.join(['<h2>Pairwise judge</h2>', show.to_html(index=False, float_format=lambda v: f'{v:.3f}', na_rep='–', border=0),
                                    img_tag(fig_out(plot_win_tie_lose(judge), 'win_tie_lose'))]))
-    else: skipped.append('pairwise judge: no judge result JSON found')
+    else: skipped.append('Pairwise judge: no judge comparison in this run; `llm_curate judge` results saved under the run folder appear here.')
     ratings = _ratings(run_dir)
     if ratings is not None and len(ratings):
         sd = score_distributions(ratings)
-        sections.append('\n'.join(['<h2>Score distributions</h2>', sd.to_html(float_format=lambda v: f'{v:.3f}', border=0),
+        sections.append('\n'.join(['<h2>Score distributions</h2>', sd.reset_index().to_html(index=False, float_format=lambda v: f'{v:.3f}', border=0),
                                    img_tag(fig_out(plot_score_distributions(ratings), 'score_distributions'))]))
-    else: skipped.append('score distributions: no rating table (Parquet with id, rater, score) found')
-    mats = _matrices(run_dir)
+    else: skipped.append('Score distributions: no rating table in this run (a Parquet file with id, rater, score, as `llm_curate rate` exports).')
+    mats = _matrices(run_dir) if matrices else {}
     if mats:
         sections.append('\n'.join(['<h2>Transition matrices</h2>', img_tag(fig_out(plot_matrices(mats), 'transition_matrices'))]))
-    else: skipped.append('transition matrices: no transition_matrix.npy or curation report.json found')
+    elif matrices: skipped.append('Transition matrices: no curation in this run (`llm_curate curate` writes them).')
     title = title or f'llm_curate report: {run_dir.name}'
     page = ['<!DOCTYPE html>', '<html><head><meta charset="utf-8">', f'<title>{html.escape(title)}</title>',
-            '<style>body{font-family:sans-serif;max-width:60em;margin:auto} table{border-collapse:collapse;font-size:90%}'
-            ' td,th{padding:2px 8px;text-align:right} img{max-width:100%;display:block;margin:1em 0}</style>',
+            '<style>body{font-family:sans-serif;max-width:66em;margin:auto;padding:0 1em;line-height:1.4}'
+            ' table{border-collapse:collapse;font-size:90%;margin:.5em 0} td,th{padding:3px 8px;text-align:right;vertical-align:top}'
+            ' tr:nth-child(even){background:#f4f6f8} th{border-bottom:1px solid #999}'
+            ' table.samples td,table.samples th{text-align:left} table.samples td{max-width:22em;overflow-wrap:anywhere}'
+            ' dl.columns{display:grid;grid-template-columns:max-content auto;gap:2px 1em;font-size:90%} dl.columns dt{font-family:monospace}'
+            ' dl.columns dd{margin:0} p.why{background:#f4f6f8;padding:.5em 1em;border-left:3px solid #4C72B0}'
+            ' img{max-width:100%;height:auto;display:block;margin:1em 0} .later{color:#555}</style>',
             '</head><body>', f'<h1>{html.escape(title)}</h1>', *(f'<p class="intro">{p}</p>' for p in intro), *sections]
-    if skipped: page += ['<h2>Not shown</h2>', '<ul>' + ''.join(f'<li>{html.escape(s)}</li>' for s in skipped) + '</ul>']
+    if skipped: page += ['<h2>Not in this run</h2>', '<p class="later">Parts of the report that appear once the run has them:</p>',
+                         '<ul class="later">' + ''.join(f'<li>{html.escape(s)}</li>' for s in skipped) + '</ul>']
     page.append('</body></html>')
     with atomic_write(out / 'report.html') as f: f.write('\n'.join(page) + '\n')
     written['report.html'] = out / 'report.html'
     written['skipped'] = skipped
     return written
+
+# %% ../nbs/09_report.ipynb #8777e60b
+def _first(msgs, role: str, last: bool = False) -> str:
+    hits = [m['content'] for m in msgs if m['role'] == role]
+    return (hits[-1] if last else hits[0]) if hits else ''
+
+def shorten(text: str,      # any text
+            n: int = 160,   # most characters kept
+           ) -> str:        # one line, cut in the middle of the text's end with '…'
+    "One line of at most `n` characters (whitespace collapsed)."
+    t = ' '.join(str(text).split())
+    return t if len(t) <= n else t[:n - 1].rstrip() + '…'
+
+def _votes(X: np.ndarray, pos: list[int], scores: np.ndarray, k: int) -> list[str]:
+    "For each row in `pos`: the rated scores of its k nearest neighbours (cosine), as 'score×count' most common first."
+    out = []
+    for p in pos:
+        s = X @ X[p]; s[p] = -np.inf
+        nn = np.argpartition(-s, min(k, len(s) - 1) - 1)[:k]
+        c = pd.Series(scores[nn]).value_counts()
+        out.append(', '.join(f'{int(v)}×{n}' for v, n in c.items()))
+    return out
+
+def picks_table(run_dir: str | os.PathLike,  # a run folder of `llm_curate run` (samples.parquet, curation/, selection/, embeddings/)
+                n: int = 10,                  # rows per part
+                seed: int = 0,                # seed of the random slice
+                chars: int = 140,             # instruction / answer shortened to this many characters
+               ) -> dict:                     # 'top', 'random', 'changed': DataFrames
+    "The selected samples (top of the subset, a random slice) and the samples curation changed most, with the reasons."
+    from llm_curate.curate import CurationReport
+    run_dir = Path(run_dir)
+    rep = CurationReport.load(run_dir / 'curation'); f = rep.frame.set_index('id')
+    man = json.loads((run_dir / 'selection' / 'subset.manifest.json').read_text(encoding='utf-8'))
+    samples = pd.read_parquet(run_dir / 'samples.parquet', columns=['id', 'messages']).set_index('id')['messages']
+    def rows(ids, reasons=None):
+        r = []
+        for j, i in enumerate(ids):
+            msgs = [dict(m) for m in samples[i]]; x = f.loc[i]
+            r.append({'id': i, 'instruction': shorten(_first(msgs, 'user'), chars), 'answer': shorten(_first(msgs, 'assistant', last=True), chars),
+                      'rated → curated': f"{int(x['score'])} → {int(x['curated_score'])}", 'long-tail': round(float(x['longtail']), 3),
+                      **({'reason': reasons[j]} if reasons is not None else {})})
+        return pd.DataFrame(r)
+    ids, why = man['ids'], man['reasons']
+    rank = {i: k for k, i in enumerate(ids)}
+    top = rows(ids[:n], why[:n]); top.insert(0, 'rank', range(1, len(top) + 1))
+    pick = sorted(np.random.default_rng(seed).choice(len(ids), min(n, len(ids)), replace=False).tolist())
+    rnd = rows([ids[k] for k in pick], [why[k] for k in pick]); rnd.insert(0, 'rank', [k + 1 for k in pick])
+    ch = rep.frame[rep.frame['curated_score'] != rep.frame['score']].copy()
+    ch['delta'] = (ch['curated_score'] - ch['score']).abs()
+    ch = ch.sort_values(['delta', 'confidence', 'id'], ascending=[False, False, True]).head(n)
+    changed = rows(list(ch['id']))
+    changed['confidence'] = ch['confidence'].round(3).to_numpy()
+    changed['selected'] = [f'rank {rank[i] + 1}' if i in rank else 'no' for i in ch['id']]
+    if len(ch) and (run_dir / 'embeddings').exists():
+        from llm_curate.embed import load_embeddings
+        X, eids, _ = load_embeddings(run_dir / 'embeddings')
+        where = {i: p for p, i in enumerate(eids)}
+        keep = [where[i] for i in rep.frame['id']]                     # the rated pool, in the report's order
+        Xr = np.asarray(X[keep], np.float32); at = {i: p for p, i in enumerate(rep.frame['id'])}
+        changed["neighbours' rated scores"] = _votes(Xr, [at[i] for i in ch['id']], rep.frame['score'].to_numpy(), int(rep.params.get('k', 10)))
+    return {'top': top, 'random': rnd, 'changed': changed}
+
+# %% ../nbs/09_report.ipynb #6359dceb
+def _wrap(name: str, width: int = 38) -> str:
+    "Wrap a long name on '_', ' ' or '-' boundaries (a part longer than `width` is kept whole)."
+    lines, cur = [], ''
+    for part in re.split(r'(?<=[_ \-])', str(name)):
+        if cur and len(cur) + len(part) > width: lines.append(cur); cur = ''
+        cur += part
+    return '\n'.join(lines + [cur])
+
+def plot_mix(pool_mix: pd.Series,   # group -> share of the pool
+             sel_mix: pd.Series,    # group -> share of the selected subset (largest first)
+             top: int = 12,         # groups drawn
+             label: str = 'template', # what a group is
+            ):
+    "Horizontal bars: share of the subset and of the pool of the subset's `top` groups; full names, wrapped."
+    plt = _plt(); names = list(sel_mix.index[:top])[::-1]
+    labels = [_wrap(n) for n in names]
+    h = sum(0.22 * l.count('\n') + 0.38 for l in labels) + 1.1
+    fig, ax = plt.subplots(figsize=(8.5, h), dpi=100)
+    y = np.arange(len(names))
+    ax.barh(y + 0.2, [sel_mix.get(n, 0) * 100 for n in names], 0.4, label='selected', color=PALETTE[0])
+    ax.barh(y - 0.2, [pool_mix.get(n, 0) * 100 for n in names], 0.4, label='pool', color=PALETTE[7])
+    ax.set_yticks(y, labels, fontsize=9); ax.set_xlabel('% of samples', fontsize=9); ax.tick_params(axis='x', labelsize=9)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.legend(frameon=False, fontsize=9, ncol=2, loc='lower left', bbox_to_anchor=(0, 1.0))
+    ax.set_title(f'the {top} {label}s the subset takes most of', fontsize=10, loc='right')
+    ax.spines[['top', 'right']].set_visible(False)
+    return fig
+
+def plot_curation_run(frame: pd.DataFrame,  # a CurationReport's frame (score, curated_score, flagged, confidence)
+                      T,                     # (K, K) transition matrix
+                      threshold: float = 0.5,# confidence above which a flagged score is changed
+                     ):
+    "Three panels: the transition matrix, rated -> curated counts, and the confidence of the flagged samples."
+    plt = _plt(); T = _as_matrix(T); K = len(T)
+    fig, axs = plt.subplots(1, 3, figsize=(9.8, 3.4), dpi=100, gridspec_kw={'width_ratios': [1, 1, 1.25]})
+    for ax, m, title, fmt in ((axs[0], T, 'T = P(rated j | true i)', '.2f'),
+                              (axs[1], pd.crosstab(frame['score'], frame['curated_score']).reindex(index=range(K), columns=range(K), fill_value=0).to_numpy(),
+                               'samples: rated → curated', 'd')):
+        ax.imshow(m, cmap='Blues', vmin=0, vmax=max(float(np.max(m)), 1e-9))
+        top = float(np.max(m)) or 1
+        for (i, j), v in np.ndenumerate(m):
+            s = (format(v, fmt).lstrip('0') or '0') if fmt == '.2f' else str(int(v))
+            if v or fmt == 'd': ax.text(j, i, s, ha='center', va='center', fontsize=8, color='white' if v > 0.6 * top else 'black')
+        ax.set_xticks(range(K)); ax.set_yticks(range(K)); ax.tick_params(labelsize=9)
+        ax.set_title(title, fontsize=10)
+    axs[0].set_xlabel('rated score j', fontsize=9); axs[0].set_ylabel('true score i', fontsize=9)
+    axs[1].set_xlabel('curated score', fontsize=9); axs[1].set_ylabel('rated score', fontsize=9)
+    c = frame.loc[frame['flagged'], 'confidence'].to_numpy(dtype=float)
+    ax = axs[2]
+    ax.hist(c, bins=np.linspace(0, 1, 21), color=PALETTE[2])
+    ax.axvline(threshold, color='k', ls='--', lw=1)
+    ax.text(threshold, 1.0, f' changed above {threshold:g}', transform=ax.get_xaxis_transform(), fontsize=9, va='bottom')
+    ax.set_xlabel("confidence of the neighbours' score", fontsize=9); ax.set_ylabel('flagged samples', fontsize=9)
+    ax.tick_params(labelsize=9); ax.set_title(f'{len(c):,} flagged', fontsize=10, loc='left')
+    ax.spines[['top', 'right']].set_visible(False)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/09_report.ipynb #4a55fc8f
+COMPARISON_COLUMNS = {  # column of the selection comparison -> what it means
+    'n': 'samples in the subset',
+    'mean_score': "mean score the judge gave the subset's samples (rated)",
+    'mean_curated_score': 'mean score after curation (what DS2 ranks by)',
+    'flagged_share': 'share of the subset that curation flagged as likely mis-rated',
+    'distinct_groups': 'distinct groups (e.g. T0 templates) the subset covers: a proxy for diversity'}
+
+def explain_comparison(comp: dict,          # comparison.json of a run: budget, pool, group_column, methods (one dict each)
+                       frame: pd.DataFrame, # the curation report's frame
+                       chosen_ids,          # ids selected by the run's method, rank order
+                       method: str = 'ds2', # the run's method
+                      ) -> str:             # a paragraph (HTML)
+    "Why the run's method and the baselines differ in mean rated score, computed from the run, in words."
+    tab = {m['method']: m for m in comp['methods']}
+    if method not in tab: return ''
+    f = frame.set_index('id').loc[list(chosen_ids)]
+    up, down = int((f['curated_score'] > f['score']).sum()), int((f['curated_score'] < f['score']).sum())
+    me = tab[method]
+    others = [m for m in tab.values() if m['method'] != method]
+    best = max(others, key=lambda m: m['mean_score']) if others else None
+    words = [f"{html.escape(method)} ranks by the curated score, not by the score the judge gave: of its {len(f):,} picks, "
+             f"{up:,} ({up / max(len(f), 1):.0%}) have a curated score above their rated one (the judge under-rated them, their "
+             f"neighbours did not) and {down:,} below."]
+    if best is not None and best['mean_score'] > me['mean_score']:
+        words.append(f"So its mean rated score ({me['mean_score']:.2f}) is below {html.escape(best['method'])}'s ({best['mean_score']:.2f}), "
+                     f"which takes the highest rated scores as they are, while its mean curated score is {me['mean_curated_score']:.2f} "
+                     f"vs {best['mean_curated_score']:.2f} and its flagged share {me['flagged_share']:.1%} vs {best['flagged_share']:.1%}: "
+                     "it trusts curated scores, and a rated score curation doubts counts for less.")
+    return ' '.join(words)
+
+def _table_html(df: pd.DataFrame, digits: int = 3, index: bool = False, cls: str = '') -> str:
+    "A table without the pandas index-name header row; text cells left-aligned."
+    t = df.to_html(index=index, border=0, float_format=lambda v: f'{v:.{digits}f}', na_rep='–', escape=True,
+                   classes=cls or None)
+    return t
+
+def run_sections(run_dir: str | os.PathLike,  # a run folder of `llm_curate run`
+                 out: str | os.PathLike,       # the report folder (figures are written there)
+                 group_column: str | None = None, # column of samples.parquet to show the mix of (default: comparison.json's)
+                ) -> list[str]:                # HTML sections: curation, selection, the picks
+    "Sections of a pipeline run's report: what curation did, how the methods compare, and what was picked and why."
+    from llm_curate.curate import CurationReport
+    run, out = Path(run_dir), Path(out)
+    sections = []
+    if not (run / 'curation').exists(): return sections
+    rep = CurationReport.load(run / 'curation'); f = rep.frame
+    thr, k = rep.params.get('confidence', 0.5), rep.params.get('k', 10)
+    changed = int((f['curated_score'] != f['score']).sum())
+    fig = plot_curation_run(f, rep.transition_matrix, thr)
+    savefig(fig, out / 'curation.png'); _plt().close(fig)
+    sections.append('\n'.join([
+        '<h2>Curation</h2>',
+        f"<p>{len(f):,} rated samples; {int(f['flagged'].sum()):,} flagged as likely mis-rated; {changed:,} scores changed "
+        f"(confidence threshold {thr}, k = {k} neighbours). Left: the estimated transition matrix T (HOC, Pang et al. 2025, §3.2): "
+        "row i is how a sample of true score i gets rated. Middle: how many samples went from each rated score to each curated "
+        "score (off the diagonal: changed). Right: for the flagged samples, the confidence of the score their neighbours suggest; "
+        "a flagged score is changed above the dashed threshold.</p>", img_tag(out / 'curation.png')]))
+    if (run / 'comparison.json').exists():
+        comp = json.loads((run / 'comparison.json').read_text(encoding='utf-8'))
+        tab = pd.DataFrame(comp['methods']).drop(columns=['top_groups'], errors='ignore')
+        with atomic_write(out / 'selection_comparison.csv') as fh: tab.to_csv(fh, index=False)
+        g = group_column or comp.get('group_column')
+        cols = {**COMPARISON_COLUMNS, 'distinct_groups': f"distinct {html.escape(g)}s the subset covers (a proxy for diversity)" if g else COMPARISON_COLUMNS['distinct_groups']}
+        man = json.loads((run / 'selection' / 'subset.manifest.json').read_text(encoding='utf-8'))
+        sec = ['<h2>Selection</h2>', f"<p>{comp['budget']:,} of {comp['pool']:,} samples per method.</p>",
+               _table_html(tab, cls='comparison'),
+               '<dl class="columns">' + ''.join(f'<dt>{c}</dt><dd>{d}</dd>' for c, d in cols.items() if c in tab.columns) + '</dl>']
+        why = explain_comparison(comp, f, man['ids'], man.get('method', 'ds2'))
+        if why: sec.append(f'<p class="why">{why}</p>')
+        if g and (run / 'samples.parquet').exists():
+            s = pd.read_parquet(run / 'samples.parquet', columns=['id', g]).set_index('id')[g]
+            sel = s.reindex(man['ids']).dropna()
+            if len(sel):
+                fig = plot_mix(s.value_counts(normalize=True), sel.value_counts(normalize=True), label=g)
+                savefig(fig, out / 'selection_mix.png'); _plt().close(fig)
+                sec += [f'<h3>Mix of the selected subset by {html.escape(g)}</h3>', img_tag(out / 'selection_mix.png')]
+        sections.append('\n'.join(sec))
+        if (run / 'samples.parquet').exists():
+            p = picks_table(run)
+            sections.append('\n'.join([
+                '<h2>What was picked and why</h2>',
+                f"<p>The top of the {html.escape(man.get('method', 'ds2'))} subset (rank order), with the score the judge gave, the "
+                "curated score, the long-tail score (rareness: distance to the nearest neighbours; ties of the curated score go to "
+                "the rarer sample) and the reason the selection recorded:</p>", _table_html(p['top'], cls='samples'),
+                '<h3>A random slice of the subset</h3>', _table_html(p['random'], cls='samples'),
+                '<h3>Scores curation changed most</h3>',
+                "<p>Each was flagged as likely mis-rated and its score replaced by the one its nearest neighbours' ratings "
+                f"suggest (the last column: the rated scores of its {k} nearest neighbours, 'score×count'). 'selected' says "
+                "whether it made the subset.</p>", _table_html(p['changed'], cls='samples')]))
+    return sections
 
 # %% ../nbs/09_report.ipynb #b707b731
 def _cmd_report(args) -> int:

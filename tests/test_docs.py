@@ -96,8 +96,38 @@ def test_demo_report_page(demo_report, browser, tmp_path):
     page, errors = open_page(browser, demo_report, tmp_path / 'demo_report.png')
     assert not errors, errors
     text = page.inner_text('body')
-    for h in ('SmolLM2-135M-Instruct', 'Curation', 'scores before and after curation', 'Selection',
-              'Mix of the selected subset by template', 'Transition matrices', 'Score distributions'):
+    for h in ('SmolLM2-135M-Instruct', 'Curation', 'rated score to each curated score', 'Selection',
+              'Mix of the selected subset by template', 'What was picked and why', 'A random slice of the subset',
+              'Scores curation changed most', "neighbours' rated scores", 'ranks by the curated score', 'Score distributions'):
         assert h in text, h
+    assert 'Not shown' not in text and 'no result JSON found' not in text   # what a run lacks does not read like an error
+    assert 'Transition matrices' not in text            # T is drawn once, in the curation figure
+    # no pandas index-name header row (the stray "method" row): every table has one header row
+    assert page.evaluate("Array.from(document.querySelectorAll('thead')).every(t => t.rows.length === 1)")
+    # the samples tables: real rows with an instruction, a score change and a reason, laid out readably
+    tables = page.locator('table.samples')
+    assert tables.count() == 3
+    top = tables.nth(0)
+    heads = top.locator('th').all_inner_texts()
+    assert heads[:3] == ['rank', 'id', 'instruction'] and 'reason' in heads and 'long-tail' in heads, heads
+    rows = top.locator('tbody tr')
+    assert rows.count() >= 5
+    first = rows.nth(0).locator('td').all_inner_texts()
+    assert len(first[2]) > 10 and '→' in first[4] and 'score' in first[-1], first
+    shot = tmp_path / 'samples_table.png'
+    top.screenshot(path=str(shot))
+    box = top.bounding_box()
+    assert box['width'] <= 1200 and box['height'] > 5 * 18 and shot.stat().st_size > 5_000, box   # fits the page, rows of text
+    font = page.evaluate("parseFloat(getComputedStyle(document.querySelector('table.samples td')).fontSize)")
+    assert font >= 12, font
+    changed = tables.nth(2).locator('th').all_inner_texts()
+    assert "neighbours' rated scores" in changed and 'confidence' in changed, changed
+    # figures: every image loads, is shown at its natural size (not shrunk), with text >= 10 px and no legend over the bars
     widths = images_ok(page)
-    assert len(widths) >= 4 and all(w > 0 for w in widths), widths  # curation, selection mix, score distributions, T
+    assert len(widths) >= 3 and all(w > 0 for w in widths), widths      # curation, selection mix, score distributions
+    imgs = page.evaluate("""Array.from(document.images).map(i => ({alt: i.alt, natural: i.naturalWidth, shown: i.clientWidth,
+                              font: parseFloat(i.dataset.minFontPx), overlap: parseInt(i.dataset.legendOverlap)}))""")
+    for im in imgs:
+        assert im['shown'] >= 0.98 * im['natural'], im
+        assert im['font'] >= 10, im
+        assert im['overlap'] == 0, im

@@ -88,7 +88,7 @@ def test_write_report_and_cli(run, tmp_path, capsys):
     assert names == ['data_scale.png', 'judge.csv', 'report.html', 'results.csv', 'results.md', 'results.png', 'results.tex',
                      'score_distributions.png', 'transition_matrices.png', 'win_tie_lose.png']
     page = (out / 'report.html').read_text()
-    assert page.count('src="data:image/png;base64,') == 5 and 'Not shown' not in page
+    assert page.count('src="data:image/png;base64,') == 5 and 'Not in this run' not in page
     assert '<td>–</td>' in page                                         # missing metric in the HTML table
     csv = pd.read_csv(out / 'results.csv')
     assert csv.loc[(csv.method == 'full') & (csv.budget == 10000), 'tydiqa'].isna().all()
@@ -106,7 +106,7 @@ def test_report_of_partial_run(tmp_path):
     res = R.write_report(tmp_path / 'r')
     assert len(res['skipped']) == 3
     page = res['report.html'].read_text()
-    assert 'Not shown' in page and 'no judge result' in page and page.count('<img') == 1
+    assert 'Not in this run' in page and 'no judge comparison' in page and page.count('<img') == 1
 
 
 @pytest.mark.parametrize('content, msg', [

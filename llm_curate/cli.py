@@ -31,11 +31,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/90_cli.ipynb #e2096061
+def _subparser(p: argparse.ArgumentParser, name: str | None) -> argparse.ArgumentParser:
+    "The parser of subcommand `name` (the top parser when there is none)."
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction) and name in a.choices: return a.choices[name]
+    return p
+
+def _unknown_options(p: argparse.ArgumentParser, args, extra: list[str]):
+    "Exit with the subcommand's own usage, naming the unknown arguments and the closest option."
+    import difflib
+    sp = _subparser(p, getattr(args, 'command', None))
+    opts = sorted({o for a in sp._actions for o in a.option_strings})
+    bad = next((x.split('=', 1)[0] for x in extra if x.startswith('-')), None)
+    hint = difflib.get_close_matches(bad, opts, n=1, cutoff=0.6) if bad else []
+    sp.error(f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {hint[0]}?)" if hint else ''))
+
 def main(argv: list[str] | None = None,  # arguments (default: `sys.argv[1:]`)
         ) -> int:                         # process exit status
     "Entry point of the `llm_curate` console script."
     p = build_parser()
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    if extra: _unknown_options(p, args, extra)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format='%(levelname)s %(name)s: %(message)s')
     if not getattr(args, 'func', None):

@@ -17,10 +17,11 @@ from .signals import response_perplexity, less_scores  # re-exported: they lived
 from .synthetic import rater_like_T, SyntheticPool, synthetic_pool, kmeans_labels, selection_quality  # re-exported
 
 # %% auto #0
-__all__ = ['logger', 'METHODS', 'Pool', 'Picked', 'MethodSpec', 'register_method', 'Selection', 'select', 'ds2', 'ds2_raw',
-           'uniform_random', 'full', 'completion_length', 'knn', 'alpagasus', 'diversity_walk', 'deita', 'perplexity',
-           'less', 'write_subsets', 'oracle_selection', 'add_cli', 'response_perplexity', 'less_scores', 'rater_like_T',
-           'SyntheticPool', 'synthetic_pool', 'kmeans_labels', 'selection_quality']
+__all__ = ['logger', 'METHODS', 'CLI_HINTS', 'MissingSignal', 'Pool', 'Picked', 'MethodSpec', 'register_method', 'Selection',
+           'select', 'ds2', 'ds2_raw', 'uniform_random', 'full', 'completion_length', 'knn', 'alpagasus',
+           'diversity_walk', 'deita', 'perplexity', 'less', 'write_subsets', 'oracle_selection', 'add_cli',
+           'response_perplexity', 'less_scores', 'rater_like_T', 'SyntheticPool', 'synthetic_pool', 'kmeans_labels',
+           'selection_quality']
 
 # %% ../nbs/05_select.ipynb #ffe689ad
 _all_ = ['response_perplexity', 'less_scores', 'rater_like_T', 'SyntheticPool', 'synthetic_pool', 'kmeans_labels', 'selection_quality']
@@ -65,6 +66,10 @@ def _report_frame(report) -> pd.DataFrame:
     return f
 
 # %% ../nbs/05_select.ipynb #69e9eb33
+class MissingSignal(ValueError):
+    "A selection method lacks an input (`what`: 'scores', 'report', 'X', 'knn' or 'messages'); the message says how to pass it."
+    def __init__(self, what: str, msg: str): super().__init__(msg); self.what = what
+
 class Pool:
     "The candidate samples and every per-sample signal, aligned to pool order (built by `select`)."
     def __init__(self, samples,              # datasets.Dataset, list of dicts or DataFrame with `id` (and `messages`)
@@ -105,7 +110,7 @@ class Pool:
     def scores(self, curated: bool = False) -> np.ndarray:
         "(N,) float scores, NaN where missing: curated ones from the report, else raw."
         if curated:
-            if self._frame is None: raise ValueError("Curated scores need a curation report: pass report=curate_scores(X, scores) (or its saved folder).")
+            if self._frame is None: raise MissingSignal('report', "Curated scores need a curation report: pass report=curate_scores(X, scores) (or its saved folder).")
             return pd.to_numeric(self._frame['curated_score'], errors='coerce').to_numpy('float64')
         if self._scores is not None: return self._scores
         return pd.to_numeric(self._frame['score'], errors='coerce').to_numpy('float64')
@@ -294,7 +299,7 @@ def select(samples,                     # the pool: datasets.Dataset, list of di
              'messages': "the samples need a 'messages' column (load them with llm_curate.data.load_samples)"}
     for w in spec.needs:
         if w == 'scores' and params.get('curated'): w = 'report'
-        if not pool.has(w): raise ValueError(f"Method {method!r} needs {w}: {hints[w]}.")
+        if not pool.has(w): raise MissingSignal(w, f"Method {method!r} needs {w}: {hints[w]}.")
     rng = np.random.default_rng(seed)
     pool.seed = seed   # the tie key of this selection
     p = spec.fn(pool, b, rng, **params)
@@ -508,6 +513,13 @@ def _param_value(v: str):
     try: return json.loads(v)
     except json.JSONDecodeError: return v
 
+CLI_HINTS = {  # what a method lacks -> the options of `llm_curate select` that give it
+    'scores': 'ratings: --scores TABLE (id, score) or --report DIR (a curation report from llm_curate curate)',
+    'report': 'a curation report: --report DIR (the folder llm_curate curate writes)',
+    'X': 'embeddings: --embeddings DIR (from llm_curate embed DATA --out DIR)',
+    'knn': 'neighbours: --embeddings DIR (from llm_curate embed) or --report DIR (its k-NN distances are reused)',
+    'messages': "samples with messages: DATA in a chat format llm_curate.data.load_samples reads"}
+
 def _cmd_select(args) -> int:
     import sys
     from llm_curate.data import load_samples
@@ -528,7 +540,9 @@ def _cmd_select(args) -> int:
         if '=' not in item: raise ValueError(f"--param {item!r}: expected name=value, e.g. --param tau=0.2")
         k, v = item.split('=', 1); kw[k.strip()] = _param_value(v)
     budget = None if args.budget is None else (float(args.budget) if '.' in args.budget else int(args.budget))
-    sel = select(samples, args.method, budget, report=args.report, scores=scores, X=X, seed=args.seed, **kw)
+    try: sel = select(samples, args.method, budget, report=args.report, scores=scores, X=X, seed=args.seed, **kw)
+    except MissingSignal as e:   # the API's hint names Python arguments; say it with the options of this command
+        raise ValueError(f"--method {args.method} needs {CLI_HINTS[e.what]}") from None
     out = sel.save(args.out)
     print(f"wrote {len(sel)} of {sel.pool_size} samples to {out} (method {sel.method}, hash {sel.hash})", file=sys.stdout)
     return 0

@@ -113,3 +113,13 @@ def test_demo_default_folder_is_not_left_in_the_checkout(tmp_path):
     assert subprocess.run(['git', 'status', '--porcelain'], cwd=repo, capture_output=True, text=True).stdout == ''
     report = tmp_path / 'cache' / 'runs' / 'demo' / 'report' / 'report.html'
     assert report.exists() and str(report) in r.stdout
+
+
+def test_select_errors_name_the_options(tmp_path, capsys):
+    "What a method lacks is said with this command's options, not with Python arguments."
+    code, out, err = cli_main(['select', ASSET, '--method', 'ds2', '--budget', '10', '--out', tmp_path / 's.jsonl'], capsys)
+    assert code == 1 and '--method ds2 needs a curation report: --report DIR' in err, err
+    assert 'report=curate_scores' not in err and 'Traceback' not in err
+    code, out, err = cli_main(['select', ASSET, '--method', 'alpagasus', '--budget', '10', '--out', tmp_path / 's.jsonl'], capsys)
+    assert code == 1 and '--scores TABLE' in err, err
+    assert not (tmp_path / 's.jsonl').exists()

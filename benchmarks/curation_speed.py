@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""k-NN search and score curation (SPEC.md step 2) at scale, side by side with faiss exact search: prints one table.
+"""k-NN search and score curation (the score curation of the DS2 paper, Pang et al., ICLR 2025) at scale, side by side with faiss exact search: prints one table.
 
 Data, each case in a fresh child process (so its peak RSS is its own):
 - `real`: MiniLM embeddings of the shared real texts (T0, Alpaca, Dolly, Code Alpaca, LIMA in ../shared/data), embedded

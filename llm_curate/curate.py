@@ -359,7 +359,7 @@ def curate_scores(X: np.ndarray,          # (N, d) embeddings, row-aligned with 
                   meta: dict | None = None,       # extra provenance stored in params (embedding model, rater, ...)
                   **kw,                   # ScoreCurator parameters: n_scores, k, confidence, sample_size, ...
                  ) -> CurationReport:
-    "Curate rated scores with DS2 (SPEC.md step 2) and return a `CurationReport`."
+    "Curate rated scores with DS2 (the score curation of the DS2 paper, Pang et al., ICLR 2025) and return a `CurationReport`."
     cur = ScoreCurator(**kw).fit(X, scores, graph=graph)
     N = len(cur.curated_scores_)
     ids = [str(i) for i in range(N)] if ids is None else [str(i) for i in ids]

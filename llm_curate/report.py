@@ -809,7 +809,7 @@ def run_sections(run_dir: str | os.PathLike,  # a run folder of `llm_curate run`
     sections.append('\n'.join([
         '<h2>Curation</h2>',
         f"<p>{len(f):,} rated samples; {int(f['flagged'].sum()):,} flagged as likely mis-rated; {changed:,} scores changed "
-        f"(confidence threshold {thr}, k = {k} neighbours). Left: the estimated transition matrix T (HOC, Pang et al. 2025, §3.2): "
+        f"(confidence threshold {thr}, k = {k} neighbours). Left: the estimated transition matrix T (HOC, Zhu, Song & Liu, ICML 2021, as DS2 uses it, Pang et al., ICLR 2025): "
         "row i is how a sample of true score i gets rated. Middle: how many samples went from each rated score to each curated "
         "score (off the diagonal: changed). Right: for the flagged samples, the confidence of the score their neighbours suggest; "
         "a flagged score is changed above the dashed threshold.</p>", img_tag(out / 'curation.png')]))

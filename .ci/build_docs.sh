@@ -1,13 +1,6 @@
 #!/usr/bin/env bash
-# Quarto cannot be installed here, so the docs are checked this way: nbdev processes the notebooks
-# (show_doc, directives) into _proc/, and nbconvert renders each processed notebook to HTML in OUT.
+# Quarto cannot be installed here, so the docs are checked as an offline preview: see .ci/build_docs.py (nbdev's
+# notebook processing called directly, so nothing tries to install Quarto with sudo or reinstall the package).
 set -euo pipefail
-out=${1:-_docs_html}
 cd "$(dirname "$0")/.."
-# --force also regenerates nbs/sidebar.yml (ignoring custom_sidebar): keep ours
-keep=$(mktemp); cp nbs/sidebar.yml "$keep"
-nbdev_proc_nbs --force >/dev/null
-cp "$keep" nbs/sidebar.yml; rm -f "$keep"
-mkdir -p "$out"
-jupyter nbconvert --to html --log-level=WARN --output-dir "$out" _proc/*.ipynb
-echo "docs rendered to $out: $(ls "$out" | wc -l) pages"
+python .ci/build_docs.py "${1:-_docs_html}"

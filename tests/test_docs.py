@@ -4,7 +4,7 @@ Quarto is not installable here, so `.ci/build_docs.sh` renders the nbdev-process
 nbconvert; CI points LLM_CURATE_DOCS_HTML at that folder (and LLM_CURATE_DEMO_REPORT at the demo's report).
 Without them the test renders what it needs itself, into its temp dir.
 """
-import os, shutil, subprocess
+import os, re, shutil, subprocess
 from pathlib import Path
 
 import pytest
@@ -57,25 +57,63 @@ def images_ok(page) -> list:
     return page.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
 
 
+def looks_like_docs(page) -> list:
+    "Defects of an offline-rendered docs page, as a list of what is wrong (empty = looks like documentation)."
+    text = page.inner_text('body')
+    bad = []
+    if re.search(r'^---\s*$', text, re.M) or re.search(r'^(output-file|description|title): ', text, re.M): bad.append('raw front matter')
+    if '#|' in text: bad.append('#| directives')
+    if re.search(r'(In|Out)\s*\[\s*\d*\s*\]\s*:', text): bad.append('In [ ]: prompts')
+    if re.search(r'\{\s*target=|\{\s*style=', text): bad.append('literal {target=...} attributes')
+    nav = page.locator('nav a')
+    if nav.count() < 10: bad.append(f'no navigation ({nav.count()} links)')
+    if page.locator('h1').count() == 0: bad.append('no title')
+    return bad
+
+
+def math_rendered(page) -> int:
+    "Number of typeset formulas once MathJax is done (0 when it did not run, e.g. it was loaded from an unreachable CDN)."
+    try: page.wait_for_function("window.MathJax && MathJax.Hub && MathJax.Hub.queue && MathJax.Hub.queue.pending === 0 && "
+                                "document.querySelectorAll('.MathJax_CHTML, mjx-container, .MathJax').length > 0", timeout=30_000)
+    except Exception: return 0
+    return page.evaluate("document.querySelectorAll('.MathJax_CHTML, mjx-container, .MathJax').length")
+
+
 def test_index_page(docs_html, browser, tmp_path):
     page, errors = open_page(browser, docs_html / 'index.html', tmp_path / 'index.png')
     assert not errors, errors
     text = page.inner_text('body')
     assert 'llm_curate' in text and 'Quickstart' in text and 'nbdev_test' in text
+    assert looks_like_docs(page) == []
+    # the mermaid diagram is drawn (an SVG), not shown as its source
+    page.wait_for_function("document.querySelector('pre.mermaid svg') !== null", timeout=30_000)
+    assert 'flowchart' not in text and 'graph LR' not in text and 'graph TD' not in text
+    # navigation: the sidebar lists the pages, and its links lead to pages that exist
+    hrefs = page.eval_on_selector_all('nav a', 'els => els.map(e => e.getAttribute("href"))')
+    assert {'data.html', 'curate.html', 'demo.html'} <= set(hrefs), hrefs
+    assert all((docs_html / h).exists() for h in hrefs), [h for h in hrefs if not (docs_html / h).exists()]
 
 
 def test_data_api_page(docs_html, browser, tmp_path):
-    page, errors = open_page(browser, docs_html / '00_data.html', tmp_path / 'data.png')
+    page, errors = open_page(browser, docs_html / 'data.html', tmp_path / 'data.png')
     assert not errors, errors
     text = page.inner_text('body')
     assert 'load_samples' in text and 'Load an instruction-tuning pool' in text  # show_doc rendered the docstring
+    assert looks_like_docs(page) == []
+    assert 'show_doc(' not in text                                               # its input is hidden, as on the site
+    # links to other API pages point at the local files, not at the docs site
+    hrefs = page.eval_on_selector_all('a', 'els => els.map(e => e.getAttribute("href") || "")')
+    assert not [h for h in hrefs if 'llm-curate.github.io' in h], 'links to the docs site'
 
 
 def test_curate_api_page(docs_html, browser, tmp_path):
-    page, errors = open_page(browser, docs_html / '04_curate.html', tmp_path / 'curate.png')
+    page, errors = open_page(browser, docs_html / 'curate.html', tmp_path / 'curate.png')
     assert not errors, errors
     text = page.inner_text('body')
     assert 'ScoreCurator' in text and 'curate_scores' in text and 'transition' in text
+    assert looks_like_docs(page) == []
+    assert math_rendered(page) >= 5                  # the formulas are typeset by the local MathJax
+    page.screenshot(path=str(tmp_path / 'curate_math.png'), full_page=False)
     widths = images_ok(page)
     assert len(widths) >= 2 and all(w > 0 for w in widths), widths  # the T heatmaps and histograms
 

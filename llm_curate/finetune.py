@@ -215,6 +215,12 @@ def _last_checkpoint(ckpt_dir: Path) -> str | None:
     return get_last_checkpoint(str(ckpt_dir))
 
 # %% ../nbs/06_finetune.ipynb #4fe3b881
+def _checkpointing_arg(config_cls, on: bool) -> dict:
+    "The trainer's checkpointing switch under its current name (transformers 5 renamed gradient_ to activation_checkpointing)."
+    import dataclasses
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return {'activation_checkpointing' if 'activation_checkpointing' in names else 'gradient_checkpointing': on}
+
 def finetune(data,                      # Selection, datasets.Dataset / list of dicts with `messages`, or a subset file
              base_model,                # HF id, local folder, .gguf, 'smollm2', or a loaded (model, tokenizer) pair
              recipe: Recipe = TULU_LORA, # training hyper-parameters
@@ -242,7 +248,7 @@ def finetune(data,                      # Selection, datasets.Dataset / list of 
         per_device_train_batch_size=recipe.per_device_batch, gradient_accumulation_steps=recipe.grad_accum(_world_size()),
         learning_rate=recipe.learning_rate, lr_scheduler_type=recipe.lr_scheduler, warmup_steps=recipe.warmup_ratio,
         weight_decay=recipe.weight_decay, bf16=bf16, max_length=recipe.max_length, packing=False,
-        gradient_checkpointing=recipe.gradient_checkpointing, logging_steps=recipe.logging_steps,
+        **_checkpointing_arg(trl.SFTConfig, recipe.gradient_checkpointing), logging_steps=recipe.logging_steps,
         save_strategy='steps', save_steps=recipe.save_steps, save_total_limit=recipe.save_total_limit,
         seed=recipe.seed, data_seed=recipe.seed, report_to='none', disable_tqdm=not progress,
         use_cpu=(device == 'cpu' or not torch.cuda.is_available()))

@@ -47,7 +47,7 @@ def test_local_tasks_read_real_files(tmp_path):
     tm = tasks_mod.TaskManager(include_path=str(td), include_defaults=False)
     for t in ('mmlu', 'truthfulqa_mc2', 'gsm8k_cot', 'bbh_cot_fewshot', 'tydiqa_goldp_all'): assert t in tm.all_tasks
     names = ['mmlu_anatomy', 'truthfulqa_mc2', 'gsm8k_cot', 'bbh_cot_fewshot_navigate', 'tydiqa_goldp_sw', 'tydiqa_goldp_en']
-    d = tasks_mod.get_task_dict(names, tm)
+    d = tm.load(names)['tasks']          # TaskManager.load (get_task_dict is the legacy loader)
     docs = {n: list(d[n].eval_docs) for n in names}
     sizes = {n: len(v) for n, v in docs.items()}
     assert sizes['mmlu_anatomy'] == 135 and sizes['truthfulqa_mc2'] == 817 and sizes['gsm8k_cot'] == 1319

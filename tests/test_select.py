@@ -286,7 +286,7 @@ def test_cli_select_end_to_end(tmp_path, sp, rep):
     r = run_cli('select', pool, '--method', 'random', '--budget', '0.05', '--out', tmp_path / 'r.jsonl')
     assert r.returncode == 0 and 'wrote 30 of 600' in r.stdout
     r = run_cli('select', pool, '--method', 'ds2', '--budget', '10', '--out', tmp_path / 'x.jsonl')
-    assert r.returncode == 1 and "needs report" in r.stderr
+    assert r.returncode == 1 and "needs a curation report: --report DIR" in r.stderr
     r = run_cli('select', pool, '--method', 'random', '--budget', '1000', '--out', tmp_path / 'x.jsonl')
     assert r.returncode == 1 and 'exceeds the pool (600 samples)' in r.stderr
 

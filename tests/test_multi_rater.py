@@ -1,0 +1,193 @@
+"""Multi-rater curation: identifiability edge cases, invariances (hypothesis), recovery of known noise, report and selection."""
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings, strategies as st, HealthCheck
+from hypothesis.extra.numpy import arrays
+
+from llm_curate.curate import CurationReport, empirical_T, ordinal_noise
+from llm_curate.multi_rater import (MultiRaterCurator, check_ratings, curate_raters, draw_ratings, majority_vote,
+                                    rater_accuracy, ratings_matrix, rating_patterns)
+from llm_curate.select import rater_like_T, select
+
+K = 6
+T3 = [rater_like_T(K, bias=0.5, width=0.55), rater_like_T(K, bias=-0.5, width=0.55), rater_like_T(K, bias=0.0, width=1.0)]
+
+
+@pytest.fixture(scope='module')
+def gen():
+    rng = np.random.default_rng(0)
+    y = rng.choice(K, size=30000, p=[0.05, 0.15, 0.3, 0.3, 0.15, 0.05])
+    S = draw_ratings(y, T3, seed=1)
+    return y, S, np.stack([empirical_T(y, S[:, r].astype(int), K) for r in range(3)])
+
+
+ratings = arrays(np.int64, st.tuples(st.integers(1, 60), st.integers(2, 4)), elements=st.integers(-1, K - 1))
+
+
+@given(ratings)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_ratings_give_a_proper_posterior(L):
+    logging.getLogger('llm_curate.multi_rater').setLevel(logging.ERROR)
+    cur = MultiRaterCurator(max_iter=300).fit(L)
+    Q = cur.posterior_
+    assert Q.shape == (len(L), K) and np.isfinite(Q).all()
+    np.testing.assert_allclose(Q.sum(1), 1, atol=1e-9)
+    np.testing.assert_array_equal(cur.curated_scores_, Q.argmax(1))
+    np.testing.assert_allclose(cur.confidence_, Q.max(1))
+    np.testing.assert_allclose(cur.transition_matrices_.sum(2), 1, atol=1e-9)
+    assert ((cur.rater_accuracy_ >= 0) & (cur.rater_accuracy_ <= 1)).all()
+    none = (L < 0).all(1)  # unrated samples get the prior
+    np.testing.assert_allclose(Q[none], np.broadcast_to(cur.prior_, (none.sum(), K)), atol=1e-9)
+
+
+@given(ratings, st.randoms(use_true_random=False))
+@settings(max_examples=30, deadline=None)
+def test_rater_and_sample_order_do_not_matter(L, rnd):
+    logging.getLogger('llm_curate.multi_rater').setLevel(logging.ERROR)
+    rows, cols = list(range(len(L))), list(range(L.shape[1]))
+    rnd.shuffle(rows); rnd.shuffle(cols)
+    a = MultiRaterCurator(max_iter=300).fit(L)
+    b = MultiRaterCurator(max_iter=300).fit(L[rows][:, cols])
+    np.testing.assert_allclose(b.posterior_, a.posterior_[rows], atol=1e-6)
+    np.testing.assert_allclose(b.transition_matrices_, a.transition_matrices_[cols], atol=1e-6)
+
+
+@given(arrays(np.float64, st.tuples(st.integers(1, 30), st.integers(2, 4)),
+              elements=st.one_of(st.integers(-1, K - 1).map(float), st.just(np.nan))))
+def test_check_ratings_maps_nan_and_minus_one_to_missing(S):
+    L = check_ratings(S, K)
+    np.testing.assert_array_equal(L, np.where(np.isnan(S), -1, S).astype(int))
+    U, inv, cnt = rating_patterns(L)
+    np.testing.assert_array_equal(U[inv], L)
+    assert cnt.sum() == len(L) and len(np.unique(U, axis=0)) == len(U)
+
+
+def test_three_raters_recover_T_and_beat_majority_vote(gen):
+    y, S, Te = gen
+    cur = MultiRaterCurator().fit(S)
+    assert cur.identifiable_ and cur.converged_
+    assert np.abs(cur.transition_matrices_ - Te).mean((1, 2)).max() <= 0.03
+    np.testing.assert_allclose(cur.rater_accuracy_, (S == y[:, None]).mean(0), atol=0.02)
+    assert (cur.curated_scores_ == y).mean() >= (cur.majority_ == y).mean() + 0.05
+
+
+def test_a_rater_missing_on_some_samples(gen):
+    y, S, Te = gen
+    Sm = S.copy(); Sm[np.random.default_rng(3).random(len(S)) < 0.5, 1] = np.nan
+    Sm[:100, 0] = -1  # -1 means missing too
+    cur = MultiRaterCurator().fit(Sm)
+    np.testing.assert_array_equal(cur.n_ratings_, (~np.isnan(Sm) & (Sm != -1)).sum(1))
+    assert np.abs(cur.transition_matrices_ - Te).mean() <= 0.04
+    assert np.isnan(cur.error_probabilities()[np.isnan(Sm[:, 1]), 1]).all()
+    assert (cur.curated_scores_ == y).mean() > (majority_vote(check_ratings(Sm, K), K) == y).mean()
+
+
+@pytest.mark.parametrize('level', [0, 3])
+def test_a_constant_rater_has_no_influence(gen, level, caplog):
+    y, S, _ = gen
+    base = MultiRaterCurator().fit(S)
+    with caplog.at_level(logging.WARNING, 'llm_curate.multi_rater'):
+        cur = MultiRaterCurator(raters=['a', 'b', 'c', 'const']).fit(np.c_[S, np.full(len(S), level)])
+    assert "'const' gives one level only" in caplog.text
+    assert cur.informative_.tolist() == [True, True, True, False]
+    np.testing.assert_array_equal(cur.curated_scores_, base.curated_scores_)
+    np.testing.assert_allclose(cur.posterior_, base.posterior_, atol=1e-6)
+    np.testing.assert_allclose(cur.transition_matrices_[3][:, level], 1, atol=1e-3)  # every row: the rater's own marginal
+
+
+def test_a_constant_rater_cannot_dominate_two_raters(gen, caplog):
+    "Two informative raters and a constant one: the constant rater adds nothing, and the model says it is not identifiable."
+    y, S, _ = gen
+    with caplog.at_level(logging.WARNING, 'llm_curate.multi_rater'):
+        cur = MultiRaterCurator().fit(np.c_[S[:, :2], np.full(len(S), 5)])
+    assert not cur.identifiable_ and 'Only 2 informative raters' in caplog.text
+    assert (cur.curated_scores_ == 5).mean() < 0.2
+
+
+def test_all_raters_constant_or_absent_does_not_break(caplog):
+    with caplog.at_level(logging.WARNING, 'llm_curate.multi_rater'):
+        cur = MultiRaterCurator().fit(np.c_[np.full(50, 2), np.full(50, np.nan)])
+    assert 'gives no rating' in caplog.text and not cur.identifiable_
+    assert (cur.curated_scores_ == 2).all()
+
+
+def test_two_raters_warn_and_neighbours_identify(caplog):
+    from llm_curate.select import synthetic_pool
+    pool = synthetic_pool(4000, spread=0.5, seed=0)  # well clustered: neighbours are a good third view
+    S = draw_ratings(pool.true, T3[:2], seed=1)
+    Te = np.stack([empirical_T(pool.true, S[:, r].astype(int), K) for r in range(2)])
+    with caplog.at_level(logging.WARNING, 'llm_curate.multi_rater'):
+        two = MultiRaterCurator().fit(S)
+    assert not two.identifiable_ and 'are not' in caplog.text and two.diag_prior_ == 0.2
+    two_x = MultiRaterCurator().fit(S, pool.X)
+    assert two_x.identifiable_ and two_x.clusterability_ > 0.8
+    assert np.abs(two_x.transition_matrices_ - Te).mean() < np.abs(two.transition_matrices_ - Te).mean()
+    assert (two_x.curated_scores_ == pool.true).mean() > (two.curated_scores_ == pool.true).mean() + 0.1
+    again = MultiRaterCurator().fit(S, pool.X)
+    np.testing.assert_array_equal(again.posterior_, two_x.posterior_)  # seeded and deterministic
+
+
+def test_neighbours_do_nothing_when_they_share_nothing():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, K, 3000)
+    X = rng.normal(size=(3000, 16)).astype(np.float32)  # embeddings unrelated to the truth
+    S = draw_ratings(y, T3, seed=2)
+    a, b = MultiRaterCurator().fit(S), MultiRaterCurator().fit(S, X)
+    assert b.clusterability_ < 0.1
+    assert abs((a.curated_scores_ == y).mean() - (b.curated_scores_ == y).mean()) < 0.02
+
+
+def test_rater_accuracy_by_group(gen):
+    y, S, _ = gen
+    cur = MultiRaterCurator().fit(S)
+    g = np.where(np.arange(len(y)) % 2, 'odd', 'even')
+    est = rater_accuracy(cur.posterior_, S, groups=g, raters=['l', 'h', 'n'])
+    true = pd.DataFrame({n: pd.Series(S[:, r] == y).groupby(g).mean() for r, n in enumerate('lhn')})
+    np.testing.assert_allclose(est.sort_index().to_numpy(), true.sort_index().to_numpy(), atol=0.03)
+    assert list(rater_accuracy(cur.posterior_, S).index) == ['all']
+
+
+def test_bad_parameters_and_input():
+    with pytest.raises(ValueError, match="The 'neighbours' parameter of MultiRaterCurator must be an int >= 0. Got -1 instead."):
+        MultiRaterCurator(neighbours=-1).fit(np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="'raters' parameter"):
+        MultiRaterCurator(raters=['a']).fit(np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="R >= 2"):
+        MultiRaterCurator().fit(np.zeros((5, 1)))
+    with pytest.raises(ValueError, match=r"S\[1, 2\] is 7.0"):
+        MultiRaterCurator().fit([[0, 1, 2], [0, 1, 7]])
+    with pytest.raises(ValueError, match="graph has shape"):
+        from llm_curate.knn import knn_graph
+        X = np.random.default_rng(0).normal(size=(30, 4))
+        MultiRaterCurator().fit(np.zeros((20, 3)), graph=knn_graph(X, k=10))
+
+
+def test_report_roundtrip_and_selection_on_the_joint_score(tmp_path, gen):
+    from llm_curate.select import synthetic_pool
+    pool = synthetic_pool(3000, spread=1.5, seed=0)
+    S = draw_ratings(pool.true, T3, seed=1)
+    ids = [s['id'] for s in pool.samples]
+    rep = curate_raters(S, X=pool.X, ids=ids, raters=['lenient', 'harsh', 'noisy'])
+    back = CurationReport.load(rep.save(tmp_path / 'joint'))
+    pd.testing.assert_frame_equal(back.frame.drop(columns='posterior'), rep.frame.drop(columns='posterior'))
+    np.testing.assert_allclose(np.stack(back.frame['posterior']), np.stack(rep.frame['posterior']))
+    assert np.shape(back.transition_matrix) == (3, K, K) and back.params['raters'] == ['lenient', 'harsh', 'noisy']
+    assert {'rating_lenient', 'error_prob_noisy', 'longtail', 'curated_score'} <= set(back.frame.columns)
+    sel = select(pool.samples, 'ds2', 300, report=tmp_path / 'joint', seed=0)
+    chosen = pd.Index(ids).get_indexer(sel.ids)
+    np.testing.assert_array_equal(np.sort(rep.frame['curated_score'].to_numpy()[chosen])[::-1],
+                                  np.sort(rep.frame['curated_score'].to_numpy())[::-1][:300])  # the top joint scores
+    assert pool.true[chosen].mean() > pool.true.mean() + 1
+
+
+def test_ratings_matrix_joins_by_id():
+    a = pd.DataFrame({'id': ['1', '2', '3'], 'score': [1, 2, 3], 'status': ['ok', 'failed', 'ok'], 'rater': 'A'})
+    b = pd.DataFrame({'id': ['3', '4'], 'score': [5, 0], 'rater': 'B'})
+    ids, M, names, counts = ratings_matrix([a, b])
+    assert ids == ['1', '3', '4'] and names == ['A', 'B'] and counts['A']['excluded'] == {'failed': 1}
+    np.testing.assert_array_equal(np.nan_to_num(M, nan=-1), [[1, -1], [3, 5], [-1, 0]])
+    with pytest.raises(ValueError, match="appears in more than one table"):
+        ratings_matrix([a, a])

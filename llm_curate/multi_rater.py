@@ -107,7 +107,7 @@ def _softmax_rows(A):
     s = E.sum(1, keepdims=True)
     return E / s, (m + np.log(s))[:, 0]
 
-def _m_step(L, Q, w, K, alpha, diag_prior, informative):
+def _m_step(L, Q, w, K, alpha, diag_prior):
     "MAP transition matrices and prior from posteriors Q (n, K) with sample weights w (n,)."
     R = L.shape[1]
     WQ = Q * w[:, None]
@@ -118,9 +118,6 @@ def _m_step(L, Q, w, K, alpha, diag_prior, informative):
     rows = C.sum(2, keepdims=True)
     T = C + alpha + diag_prior * rows * np.eye(K)
     T /= T.sum(2, keepdims=True)
-    for r in np.flatnonzero(~informative):  # no information: every true level gives the rater's own marginal
-        m = C[r].sum(0) + alpha
-        T[r] = m / m.sum()
     p = WQ.sum(0) + alpha
     return T, p / p.sum()
 
@@ -141,7 +138,7 @@ def dawid_skene(L: np.ndarray,          # (n, R) int levels, -1 = missing (rows 
     Q = vote_shares(L, K) if Q0 is None else Q0
     prev, conv = -np.inf, False
     for it in range(1, max_iter + 1):  # EM iterations: O(n R K) each, nothing per sample in Python
-        T, p = _m_step(L, Q, w, K, alpha, diag_prior, informative)
+        T, p = _m_step(L, Q, w, K, alpha, diag_prior)
         Q, lse = _softmax_rows(np.log(p) + _log_lik(L, np.log(T), ~informative))
         ll = float((w * lse).sum())
         if ll - prev <= tol * abs(ll):
@@ -183,7 +180,7 @@ def dawid_skene_neighbours(L: np.ndarray,   # (N, R) int levels, -1 = missing
         Q, lse = _softmax_rows(np.log(p) + own + E)
         ll = float(lse.sum())
         c = float(np.clip(np.einsum('nk,nmk->', Q, resp) / resp.shape[0] / resp.shape[1], 1e-4, 1 - 1e-4))
-        T, p = _m_step(L, Q, w, K, alpha, diag_prior, informative)
+        T, p = _m_step(L, Q, w, K, alpha, diag_prior)
         if ll - prev <= tol * abs(ll):
             conv = True
             break
@@ -241,7 +238,7 @@ class MultiRaterCurator:
         self.informative_ = n_levels >= 2
         for r in np.flatnonzero(~self.informative_):
             logger.warning("Rater %r gives %s: it carries no information about the true level, so it is left out of the "
-                           "posterior (its T rows are its own rating distribution).", self.raters_[r],
+                           "posterior.", self.raters_[r],
                            'no rating' if n_levels[r] == 0 else f'one level only ({int(L[L[:, r] >= 0, r][0])})')
         use_nb = X is not None or graph is not None
         use_nb_views = use_nb and self.neighbours > 0

@@ -142,10 +142,11 @@ def test_neighbours_do_nothing_when_they_share_nothing():
 
 def test_rater_accuracy_by_group(gen):
     y, S, _ = gen
+    S = S.copy(); S[np.random.default_rng(4).random(len(S)) < 0.3, 2] = np.nan  # accuracy over the rated samples only
     cur = MultiRaterCurator().fit(S)
     g = np.where(np.arange(len(y)) % 2, 'odd', 'even')
     est = rater_accuracy(cur.posterior_, S, groups=g, raters=['l', 'h', 'n'])
-    true = pd.DataFrame({n: pd.Series(S[:, r] == y).groupby(g).mean() for r, n in enumerate('lhn')})
+    true = pd.DataFrame({n: pd.Series(S[:, r] == y)[~np.isnan(S[:, r])].groupby(g[~np.isnan(S[:, r])]).mean() for r, n in enumerate('lhn')})
     np.testing.assert_allclose(est.sort_index().to_numpy(), true.sort_index().to_numpy(), atol=0.03)
     assert list(rater_accuracy(cur.posterior_, S).index) == ['all']
 
@@ -191,3 +192,14 @@ def test_ratings_matrix_joins_by_id():
     np.testing.assert_array_equal(np.nan_to_num(M, nan=-1), [[1, -1], [3, 5], [-1, 0]])
     with pytest.raises(ValueError, match="appears in more than one table"):
         ratings_matrix([a, a])
+
+
+@given(ratings)
+@settings(max_examples=50, deadline=None)
+def test_majority_vote_takes_a_most_voted_level_and_the_middle_of_ties(L):
+    mv = majority_vote(L, K)
+    for row, m in zip(L, mv):
+        votes = np.bincount(row[row >= 0], minlength=K)
+        if votes.sum() == 0: assert m == -1; continue
+        tied = np.flatnonzero(votes == votes.max())
+        assert m == tied[(len(tied) - 1) // 2]

@@ -11,11 +11,12 @@ from .knn import knn_graph, KNNGraph
 from .curate import (CurationReport, ScoreCurator, _param_error, _versions, empirical_T, longtail_score,
                                scores_from_ratings, plot_transition_matrix)
 from .data import need
+from .embed import load_embeddings
 
 # %% auto #0
 __all__ = ['logger', 'check_ratings', 'rating_patterns', 'vote_shares', 'majority_vote', 'draw_ratings', 'dawid_skene',
            'neighbour_evidence', 'dawid_skene_neighbours', 'MultiRaterCurator', 'multi_rater_quality', 'rater_accuracy',
-           'curate_raters', 'ratings_matrix', 'plot_multi_rater']
+           'curate_raters', 'ratings_matrix', 'curate_rating_tables', 'plot_multi_rater']
 
 # %% ../nbs/05c_multi_rater.ipynb #0d8dc899
 logger = logging.getLogger(__name__)
@@ -150,42 +151,40 @@ def dawid_skene(L: np.ndarray,          # (n, R) int levels, -1 = missing (rows 
 # %% ../nbs/05c_multi_rater.ipynb #998578a8
 def neighbour_evidence(Lam: np.ndarray,  # (N, K) each sample's likelihood of its own ratings, rows normalised
                        nn: np.ndarray,   # (N, m) indices of each sample's m nearest neighbours
-                       p: np.ndarray,    # (K,) prior of the true level
-                       c: float,         # clusterability: probability a neighbour shares the sample's true level
-                      ) -> tuple[np.ndarray, np.ndarray]:  # log evidence (N, K); responsibility (N, m) that each neighbour shares the level
-    "What the neighbours' ratings say about a sample's true level when a neighbour shares it with probability c."
-    Lj = Lam[nn]                                  # (N, m, K)
-    mj = Lj @ p                                   # (N, m): neighbour's rating likelihood under an independent level
-    G = c * Lj + (1 - c) * mj[..., None]          # (N, m, K): P(neighbour's ratings | my level k)
-    return np.log(np.maximum(G, 1e-300)).sum(1), c * Lj / np.maximum(G, 1e-300)
+                       M: np.ndarray,    # (K, K) neighbour matrix: M[k, l] = P(a neighbour's true level is l | mine is k)
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # log evidence (N, K); neighbours' Lam (N, m, K); G (N, m, K)
+    "What the neighbours' ratings say about each sample's true level: log prod_j sum_l M[k, l] Lam_j(l)."
+    Lj = Lam[nn]
+    G = np.maximum(np.einsum('kl,nml->nmk', M, Lj, optimize=True), 1e-300)
+    return np.log(G).sum(1), Lj, G
 
 def dawid_skene_neighbours(L: np.ndarray,   # (N, R) int levels, -1 = missing
                            nn: np.ndarray,  # (N, m) nearest-neighbour indices (from `knn_graph`)
                            K: int,          # number of levels
                            T: np.ndarray,   # (R, K, K) starting transition matrices (e.g. from `dawid_skene`)
                            p: np.ndarray,   # (K,) starting prior
-                           c: float = 0.5,  # starting clusterability
                            max_iter: int = 500, tol: float = 1e-8,  # EM iterations and relative tolerance
                            alpha: float = 1e-3, diag_prior: float = 0.0,  # as in `dawid_skene`
                            informative: np.ndarray | None = None,  # (R,) bool raters with information
-                          ) -> dict:        # T, p, Q (N, K), clusterability c, loglik, n_iter, converged
-    "Dawid-Skene EM with the neighbours' ratings as extra views, each shared with the estimated clusterability c."
+                          ) -> dict:        # T, p, Q (N, K), M (K, K) neighbour matrix, loglik, n_iter, converged
+    "Dawid-Skene EM with the neighbours' ratings as extra views, through an estimated neighbour matrix M."
     N, R = L.shape
-    informative = np.ones(R, bool) if informative is None else informative
-    w = np.ones(N)
+    skip = ~(np.ones(R, bool) if informative is None else informative)
+    M = 0.5 * np.eye(K) + 0.5 * p[None, :]  # start: half the neighbours share the level, the rest drawn from the prior
     prev, conv = -np.inf, False
     for it in range(1, max_iter + 1):  # EM iterations, each vectorised over samples and neighbours
-        own = _log_lik(L, np.log(T), ~informative)
-        E, resp = neighbour_evidence(_softmax_rows(own)[0], nn, p, c)
+        own = _log_lik(L, np.log(T), skip)
+        E, Lj, G = neighbour_evidence(_softmax_rows(own)[0], nn, M)
         Q, lse = _softmax_rows(np.log(p) + own + E)
         ll = float(lse.sum())
-        c = float(np.clip(np.einsum('nk,nmk->', Q, resp) / resp.shape[0] / resp.shape[1], 1e-4, 1 - 1e-4))
-        T, p = _m_step(L, Q, w, K, alpha, diag_prior)
+        C = M * np.einsum('nk,nmk,nml->kl', Q, 1 / G, Lj, optimize=True) + alpha  # expected (my level, neighbour's level) pairs
+        M = C / C.sum(1, keepdims=True)
+        T, p = _m_step(L, Q, np.ones(N), K, alpha, diag_prior)
         if ll - prev <= tol * abs(ll):
             conv = True
             break
         prev = ll
-    return {'T': T, 'p': p, 'Q': Q, 'c': c, 'loglik': ll, 'n_iter': it, 'converged': conv}
+    return {'T': T, 'p': p, 'Q': Q, 'M': M, 'loglik': ll, 'n_iter': it, 'converged': conv}
 
 # %% ../nbs/05c_multi_rater.ipynb #8d2473e3
 class MultiRaterCurator:
@@ -261,7 +260,7 @@ class MultiRaterCurator:
         Q = ds['Q'][inv]
         self.n_patterns_ = len(U)
         self.timings_['em_s'] = time.perf_counter() - t
-        self.clusterability_, self.longtail_, self.graph_ = None, None, None
+        self.clusterability_, self.neighbour_matrix_, self.longtail_, self.graph_ = None, None, None, None
         # 2. neighbours' ratings as further views, shared with the estimated clusterability
         if use_nb:
             t = time.perf_counter()
@@ -278,7 +277,8 @@ class MultiRaterCurator:
                 ds = dawid_skene_neighbours(L, graph.indices[:, :self.neighbours], K, ds['T'], ds['p'],
                                             max_iter=min(self.max_iter, 500), tol=self.tol, alpha=self.alpha,
                                             diag_prior=dp, informative=self.informative_)
-                Q, self.clusterability_ = ds['Q'], ds['c']
+                Q, self.neighbour_matrix_ = ds['Q'], ds['M']
+                self.clusterability_ = float(ds['p'] @ np.diag(ds['M']))
                 self.timings_['neighbour_em_s'] = time.perf_counter() - t
         self.transition_matrices_, self.prior_, self.posterior_ = ds['T'], ds['p'], Q
         self.log_likelihood_, self.n_iter_, self.converged_ = ds['loglik'], ds['n_iter'], ds['converged']
@@ -324,7 +324,7 @@ def multi_rater_quality(true: np.ndarray,       # (N,) true levels (generated da
     rows += [{'': 'majority vote', 'accuracy': acc(cur.majority_)}, {'': 'joint posterior', 'accuracy': acc(cur.curated_scores_)}]
     if graph is not None:
         cx = MultiRaterCurator(n_scores=K, raters=raters).fit(L, X, graph=graph)
-        rows.append({'': f'joint + {cx.neighbours} neighbours (c={cx.clusterability_:.2f})', 'accuracy': acc(cx.curated_scores_)})
+        rows.append({'': f'joint + {cx.neighbours} neighbours (share {cx.clusterability_:.2f})', 'accuracy': acc(cx.curated_scores_)})
     return pd.DataFrame(rows).set_index('')
 
 # %% ../nbs/05c_multi_rater.ipynb #766c3805
@@ -378,6 +378,7 @@ def curate_raters(S,                    # (N, R) rated levels, one column per ra
               'rater_accuracy': dict(zip(cur.raters_, np.round(cur.rater_accuracy_, 4).tolist())),
               'informative': dict(zip(cur.raters_, cur.informative_.tolist())), 'identifiable': bool(cur.identifiable_),
               'diag_prior_used': cur.diag_prior_, 'clusterability': cur.clusterability_,
+              'neighbour_matrix': None if cur.neighbour_matrix_ is None else np.round(cur.neighbour_matrix_, 4).tolist(),
               'log_likelihood': cur.log_likelihood_, 'n_iter': cur.n_iter_, 'converged': bool(cur.converged_),
               'n_patterns': cur.n_patterns_, 'timings_s': {k: round(v, 3) for k, v in cur.timings_.items()},
               'rated_counts': {n: np.bincount(L[L[:, r] >= 0, r], minlength=K).tolist() for r, n in enumerate(cur.raters_)},
@@ -417,7 +418,26 @@ def ratings_matrix(tables,              # one rating table with a `rater` column
     M = pd.concat([p[1] for p in parts], axis=1, keys=names, join='outer')
     return M.index.astype(str).tolist(), M.to_numpy(np.float64), names, {p[0]: p[2] for p in parts}
 
-# %% ../nbs/05c_multi_rater.ipynb #06e1f4e3
+# %% ../nbs/05c_multi_rater.ipynb #25474046
+def curate_rating_tables(tables,             # one rating table with a `rater` column, or a list of tables (see `ratings_matrix`)
+                         emb_dir=None,       # embeddings folder (`llm_curate embed`): neighbour views and the long-tail score
+                         raters: list | None = None,  # raters to use (default all)
+                         **kw,               # `MultiRaterCurator` parameters
+                        ) -> CurationReport:
+    "Joint curation of several raters' rating tables, optionally with an embeddings folder; every sample rated by anyone is kept."
+    ids, S, names, counts = ratings_matrix(tables, raters)
+    X, meta = None, {}
+    if emb_dir is not None:
+        E, emb_ids, emeta = load_embeddings(emb_dir, mmap=True)
+        pos = pd.Index(emb_ids).get_indexer(ids)
+        if (pos < 0).any():
+            miss = [i for i, q in zip(ids, pos) if q < 0]
+            raise ValueError(f"{len(miss)} rated ids have no embedding in {emb_dir} (e.g. {miss[0]!r}): embed the same samples you rated "
+                             f"(llm_curate embed DATA --out {emb_dir}), or curate without --embeddings.")
+        X, meta = np.asarray(E[pos]), {'embedding_model': emeta.get('model'), 'embedded_not_rated': len(emb_ids) - len(ids)}
+    return curate_raters(S, X, ids=ids, raters=names, meta={'ratings': counts, **meta}, **kw)
+
+# %% ../nbs/05c_multi_rater.ipynb #97cf1de5
 def plot_multi_rater(report: CurationReport,  # from `curate_raters`
                     ):                         # matplotlib Figure
     "One T heatmap per rater, and the level distribution of each rater, the majority vote and the joint score."

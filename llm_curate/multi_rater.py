@@ -192,7 +192,7 @@ class MultiRaterCurator:
     def __init__(self,
                  n_scores: int = 6,        # K, number of score levels (ratings in [0, K))
                  alpha: float = 1e-3,      # Dirichlet pseudo-count on every entry of T and p
-                 diag_prior: float | None = None,  # pull of T rows to the diagonal (share of the row count); None: 0.2 when not identifiable, else 0
+                 diag_prior: float = 0.0,  # pull of T rows to the diagonal (a share of the row count); 0 = maximum likelihood
                  neighbours: int = 2,      # with X: nearest neighbours whose ratings are extra views (0: none)
                  k: int = 10,              # with X: neighbours of the long-tail score
                  max_iter: int = 20000,    # EM iterations at most
@@ -215,7 +215,7 @@ class MultiRaterCurator:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: raise _param_error(name, o, f'an int >= {lo}', v)
         int_ge('n_scores', 2); int_ge('neighbours', 0); int_ge('k', 1); int_ge('max_iter', 1)
-        for name in ('alpha', 'tol') + (('diag_prior',) if self.diag_prior is not None else ()):
+        for name in ('alpha', 'tol', 'diag_prior'):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not v >= 0: raise _param_error(name, o, 'a float >= 0', v)
         if self.raters is not None and len(self.raters) != R:
@@ -245,11 +245,10 @@ class MultiRaterCurator:
         self.identifiable_ = n_inf >= 3 or (use_nb_views and n_inf >= 1)
         if not self.identifiable_:
             logger.warning("Only %d informative rater%s and no neighbour views: the joint distribution of the ratings is "
-                           "identified, each rater's T and the prior are not (many (T, p) explain the same agreement). "
-                           "They are regularised towards the diagonal (diag_prior=%s); give a third rater or embeddings X.",
-                           n_inf, '' if n_inf == 1 else 's', 0.2 if self.diag_prior is None else self.diag_prior)
-        dp = self.diag_prior if self.diag_prior is not None else (0.0 if self.identifiable_ else 0.2)
-        self.diag_prior_ = dp
+                           "identified, each rater's T and the prior are not (many (T, p) explain the same agreement), so "
+                           "they and the joint scores are the point EM reaches from the majority vote: an assumption, not a "
+                           "measurement. Give a third rater or embeddings X.", n_inf, '' if n_inf == 1 else 's')
+        dp = self.diag_prior
         self.timings_ = {}
         # 1. Dawid-Skene on the distinct rating patterns
         t = time.perf_counter()
@@ -377,7 +376,7 @@ def curate_raters(S,                    # (N, R) rated levels, one column per ra
     params = {**cur.get_params(), 'kind': 'multi_rater', 'raters': cur.raters_, 'n': N,
               'rater_accuracy': dict(zip(cur.raters_, np.round(cur.rater_accuracy_, 4).tolist())),
               'informative': dict(zip(cur.raters_, cur.informative_.tolist())), 'identifiable': bool(cur.identifiable_),
-              'diag_prior_used': cur.diag_prior_, 'clusterability': cur.clusterability_,
+              'clusterability': cur.clusterability_,
               'neighbour_matrix': None if cur.neighbour_matrix_ is None else np.round(cur.neighbour_matrix_, 4).tolist(),
               'log_likelihood': cur.log_likelihood_, 'n_iter': cur.n_iter_, 'converged': bool(cur.converged_),
               'n_patterns': cur.n_patterns_, 'timings_s': {k: round(v, 3) for k, v in cur.timings_.items()},

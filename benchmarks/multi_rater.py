@@ -68,7 +68,9 @@ def real_text(seed):
     g = knn_graph(X, k=10, seed=seed)
     K = int(cats.max()) + 1
     S = draw_ratings(cats, raters(K).values(), seed=seed + 1)
-    return multi_rater_quality(cats, S, X, graph=g, raters=list(raters(K)), n_scores=K), share_2nn(cats, g)
+    clean = MultiRaterCurator(n_scores=K).fit(np.stack([cats] * 3, 1), X, graph=g)  # control: error-free raters
+    return (multi_rater_quality(cats, S, X, graph=g, raters=list(raters(K)), n_scores=K), share_2nn(cats, g),
+            int((clean.curated_scores_ != cats).sum()))
 
 
 def real_ratings():
@@ -116,10 +118,12 @@ def main():
 
     if not a.no_text:
         t = time.perf_counter()
-        tt, (sh_t, both_t, ch_t) = real_text(a.seed)
+        tt, (sh_t, both_t, ch_t), changed_t = real_text(a.seed)
         print(f"\n## Real text: Dolly 2,996 (MiniLM), truth = category (8): 2-NN share it {sh_t:.3f} (both {both_t:.3f}, "
               f"chance {ch_t:.3f}); generator: {sh:.3f} (both {both:.3f}, chance {ch:.3f})  [{time.perf_counter() - t:.0f} s]")
         print(tt.round(3).to_markdown())
+        print(f"clean control (three error-free raters, with neighbour views): {changed_t} labels changed")
+        if changed_t: fails.append('real text: clean control unchanged')
         if not tt.loc['joint posterior', 'accuracy'] > tt.loc['majority vote', 'accuracy']: fails.append('real text: joint > majority vote')
 
     rep, acc, lv, n_unparsed, s = real_ratings()

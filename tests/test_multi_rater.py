@@ -8,8 +8,8 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 from hypothesis.extra.numpy import arrays
 
 from llm_curate.curate import CurationReport, empirical_T, ordinal_noise
-from llm_curate.multi_rater import (MultiRaterCurator, check_ratings, curate_raters, draw_ratings, majority_vote,
-                                    rater_accuracy, ratings_matrix, rating_patterns)
+from llm_curate.multi_rater import (MultiRaterCurator, check_ratings, curate_raters, curate_rating_tables, draw_ratings,
+                                    majority_vote, rater_accuracy, ratings_matrix, rating_patterns)
 from llm_curate.select import rater_like_T, select
 
 K = 6
@@ -204,3 +204,23 @@ def test_majority_vote_takes_a_most_voted_level_and_the_middle_of_ties(L):
         if votes.sum() == 0: assert m == -1; continue
         tied = np.flatnonzero(votes == votes.max())
         assert m == tied[(len(tied) - 1) // 2]
+
+
+def test_curate_rating_tables_with_an_embeddings_folder(tmp_path):
+    from llm_curate.embed import save_embeddings
+    from llm_curate.select import synthetic_pool
+    pool = synthetic_pool(1500, spread=1.5, seed=1)
+    ids = [s['id'] for s in pool.samples]
+    S = draw_ratings(pool.true, T3, missing=0.1, seed=2)
+    tabs = [pd.DataFrame({'id': ids, 'rater': n, 'score': S[:, r]}).dropna() for r, n in enumerate(['l', 'h', 'n'])]
+    save_embeddings(tmp_path / 'emb', pool.X[::-1], ids[::-1], 'generated')  # another order: aligned by id
+    rep = curate_rating_tables(tabs, tmp_path / 'emb')
+    rated = (~np.isnan(S)).any(1)                # a sample nobody rated is not in the report
+    assert len(rep.frame) == rated.sum() < len(S)
+    f = rep.frame.set_index('id').loc[np.array(ids)[rated]]
+    assert rep.params['embedding_model'] == 'generated' and rep.params['clusterability'] > 0.5
+    np.testing.assert_array_equal(f['n_ratings'], (~np.isnan(S[rated])).sum(1))
+    assert f['longtail'].notna().all()
+    save_embeddings(tmp_path / 'few', pool.X[:100], ids[:100], 'generated')
+    with pytest.raises(ValueError, match='have no embedding'):
+        curate_rating_tables(tabs, tmp_path / 'few')

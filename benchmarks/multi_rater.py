@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from llm_curate.knn import knn_graph
-from llm_curate.multi_rater import MultiRaterCurator, curate_raters, draw_ratings, multi_rater_quality, rater_accuracy
-from llm_curate.select import rater_like_T, synthetic_pool
+from llm_curate.multi_rater import MultiRaterCurator, curate_raters, multi_rater_quality, rater_accuracy
+from llm_curate.synthetic import draw_ratings, rater_like_T, synthetic_pool
 
 DATA = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data'
 if not DATA.exists(): DATA = Path('/work/shared/data')

@@ -8,15 +8,16 @@ import logging, re, time
 import numpy as np
 import pandas as pd
 from .knn import knn_graph, KNNGraph
-from .curate import (CurationReport, ScoreCurator, _param_error, _versions, empirical_T, longtail_score,
-                               scores_from_ratings, plot_transition_matrix)
-from .data import need
+from .data import need, align_ids, atomic_write, read_table
+from .synthetic import empirical_T
 from .embed import load_embeddings
+from .curate import (CurationReport, ScoreCurator, _param_error, _versions, longtail_score, scores_from_ratings,
+                               plot_transition_matrix)
 
 # %% auto #0
-__all__ = ['logger', 'check_ratings', 'rating_patterns', 'vote_shares', 'majority_vote', 'draw_ratings', 'dawid_skene',
-           'neighbour_evidence', 'dawid_skene_neighbours', 'MultiRaterCurator', 'multi_rater_quality', 'rater_accuracy',
-           'curate_raters', 'ratings_matrix', 'curate_rating_tables', 'plot_multi_rater']
+__all__ = ['logger', 'check_ratings', 'rating_patterns', 'vote_shares', 'majority_vote', 'dawid_skene', 'neighbour_evidence',
+           'dawid_skene_neighbours', 'MultiRaterCurator', 'multi_rater_quality', 'rater_accuracy', 'curate_raters',
+           'ratings_matrix', 'curate_rating_tables', 'add_cli', 'plot_multi_rater']
 
 # %% ../nbs/05c_multi_rater.ipynb #0d8dc899
 logger = logging.getLogger(__name__)
@@ -78,20 +79,7 @@ def majority_vote(L: np.ndarray,  # (N, R) int levels, -1 = missing
     mv = (top & (rank == (n_top[:, None] + 1) // 2)).argmax(1)
     return np.where((L >= 0).any(1), mv, -1).astype(np.int64)
 
-# %% ../nbs/05c_multi_rater.ipynb #8bd876b6
-def draw_ratings(true: np.ndarray,  # (N,) true levels in [0, K)
-                 Ts,                # R transition matrices (K, K), one per rater; T[i, j] = P(rated j | true i)
-                 missing: float = 0.0,  # share of (sample, rater) ratings left out at random (NaN)
-                 seed: int = 0,     # random seed
-                ) -> np.ndarray:    # (N, R) float ratings, NaN where missing
-    "Independent noisy ratings of known true levels by several raters."
-    rng = np.random.default_rng(seed)
-    S = np.stack([(rng.random(len(true))[:, None] > np.cumsum(T, 1)[true]).sum(1).clip(0, len(T) - 1) for T in map(np.asarray, Ts)], 1)
-    S = S.astype(np.float64)
-    S[rng.random(S.shape) < missing] = np.nan
-    return S
-
-# %% ../nbs/05c_multi_rater.ipynb #9053b018
+# %% ../nbs/05c_multi_rater.ipynb #31bc94d9
 def _log_lik(L, logT, skip=None):
     "(n, K) sum_r log T_r[k, L[n, r]]; a missing rating (and a skipped rater) adds 0."
     R, K, _ = logT.shape
@@ -148,7 +136,7 @@ def dawid_skene(L: np.ndarray,          # (n, R) int levels, -1 = missing (rows 
         prev = ll
     return {'T': T, 'p': p, 'Q': Q, 'loglik': ll, 'n_iter': it, 'converged': conv}
 
-# %% ../nbs/05c_multi_rater.ipynb #998578a8
+# %% ../nbs/05c_multi_rater.ipynb #54e66fa0
 def neighbour_evidence(Lam: np.ndarray,  # (N, K) each sample's likelihood of its own ratings, rows normalised
                        nn: np.ndarray,   # (N, m) indices of each sample's m nearest neighbours
                        M: np.ndarray,    # (K, K) neighbour matrix: M[k, l] = P(a neighbour's true level is l | mine is k)
@@ -186,7 +174,7 @@ def dawid_skene_neighbours(L: np.ndarray,   # (N, R) int levels, -1 = missing
         prev = ll
     return {'T': T, 'p': p, 'Q': Q, 'M': M, 'loglik': ll, 'n_iter': it, 'converged': conv}
 
-# %% ../nbs/05c_multi_rater.ipynb #8d2473e3
+# %% ../nbs/05c_multi_rater.ipynb #53f0e981
 class MultiRaterCurator:
     "Curation from several raters on the same samples: Dawid-Skene EM, optionally with neighbours' ratings as extra views."
     def __init__(self,
@@ -194,19 +182,19 @@ class MultiRaterCurator:
                  alpha: float = 1e-3,      # Dirichlet pseudo-count on every entry of T and p
                  diag_prior: float = 0.0,  # pull of T rows to the diagonal (a share of the row count); 0 = maximum likelihood
                  neighbours: int = 2,      # with X: nearest neighbours whose ratings are extra views (0: none)
-                 k: int = 10,              # with X: neighbours of the long-tail score
+                 longtail_k: int = 10,     # with X: neighbours whose mean distance gives the long-tail score
                  max_iter: int = 20000,    # EM iterations at most
                  tol: float = 1e-9,        # relative log-likelihood tolerance
                  raters: list | None = None,  # names of the R raters (default 'rater_0'...)
                  random_state: int = 0,    # seed of the approximate k-NN search
                  knn_kw: dict | None = None,  # extra arguments of `knn_graph`
                 ):
-        self.n_scores, self.alpha, self.diag_prior, self.neighbours, self.k = n_scores, alpha, diag_prior, neighbours, k
+        self.n_scores, self.alpha, self.diag_prior, self.neighbours, self.longtail_k = n_scores, alpha, diag_prior, neighbours, longtail_k
         self.max_iter, self.tol, self.raters, self.random_state, self.knn_kw = max_iter, tol, raters, random_state, knn_kw
 
     def get_params(self) -> dict:
         "The constructor parameters."
-        return {a: getattr(self, a) for a in ('n_scores', 'alpha', 'diag_prior', 'neighbours', 'k', 'max_iter', 'tol',
+        return {a: getattr(self, a) for a in ('n_scores', 'alpha', 'diag_prior', 'neighbours', 'longtail_k', 'max_iter', 'tol',
                                               'raters', 'random_state', 'knn_kw')}
 
     def _validate(self, R):
@@ -214,7 +202,7 @@ class MultiRaterCurator:
         def int_ge(name, lo):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: raise _param_error(name, o, f'an int >= {lo}', v)
-        int_ge('n_scores', 2); int_ge('neighbours', 0); int_ge('k', 1); int_ge('max_iter', 1)
+        int_ge('n_scores', 2); int_ge('neighbours', 0); int_ge('longtail_k', 1); int_ge('max_iter', 1)
         for name in ('alpha', 'tol', 'diag_prior'):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not v >= 0: raise _param_error(name, o, 'a float >= 0', v)
@@ -263,13 +251,13 @@ class MultiRaterCurator:
         # 2. neighbours' ratings as further views, shared with the estimated clusterability
         if use_nb:
             t = time.perf_counter()
-            m = max(self.k, self.neighbours)
+            m = max(self.longtail_k, self.neighbours)
             if graph is None:
                 graph = knn_graph(X, k=m, seed=self.random_state, **(self.knn_kw or {}))
             elif graph.indices.shape[0] != N or graph.indices.shape[1] < m:
                 raise ValueError(f"graph has shape {graph.indices.shape}; it must be knn_graph(X, k>={m}) of these {N} samples.")
             self.graph_ = graph
-            self.longtail_ = longtail_score(graph.distances[:, :self.k])
+            self.longtail_ = longtail_score(graph.distances[:, :self.longtail_k])
             self.timings_['knn_s'] = time.perf_counter() - t
             if use_nb_views:
                 t = time.perf_counter()
@@ -298,7 +286,7 @@ class MultiRaterCurator:
         P = 1 - np.take_along_axis(self.posterior_, np.maximum(L, 0), 1)
         return np.where(L >= 0, P, np.nan)
 
-# %% ../nbs/05c_multi_rater.ipynb #c3308f88
+# %% ../nbs/05c_multi_rater.ipynb #b9ae6ec1
 def multi_rater_quality(true: np.ndarray,       # (N,) true levels (generated data)
                         S,                      # (N, R) ratings, NaN / -1 = none
                         X: np.ndarray | None = None,  # (N, d) embeddings: adds single-rater curation and the neighbour views
@@ -326,7 +314,7 @@ def multi_rater_quality(true: np.ndarray,       # (N,) true levels (generated da
         rows.append({'': f'joint + {cx.neighbours} neighbours (share {cx.clusterability_:.2f})', 'accuracy': acc(cx.curated_scores_)})
     return pd.DataFrame(rows).set_index('')
 
-# %% ../nbs/05c_multi_rater.ipynb #766c3805
+# %% ../nbs/05c_multi_rater.ipynb #56069a8a
 def rater_accuracy(posterior: np.ndarray,  # (N, K) posterior over the true level (`MultiRaterCurator.posterior_`)
                    S,                      # (N, R) the ratings (NaN / -1 = none)
                    groups=None,            # (N,) group of each sample (e.g. data source); None = all samples
@@ -345,7 +333,7 @@ def rater_accuracy(posterior: np.ndarray,  # (N, K) posterior over the true leve
     out.index.name = 'group'
     return out
 
-# %% ../nbs/05c_multi_rater.ipynb #319b8e13
+# %% ../nbs/05c_multi_rater.ipynb #7610cae4
 def _col(name: str) -> str:
     return re.sub(r'[^A-Za-z0-9_]+', '_', str(name))
 
@@ -366,7 +354,7 @@ def curate_raters(S,                    # (N, R) rated levels, one column per ra
     cols = {'id': ids, 'score': cur.majority_, 'curated_score': cur.curated_scores_, 'confidence': cur.confidence_,
             'expected_score': cur.expected_scores_, 'n_ratings': cur.n_ratings_,
             'flagged': np.nan_to_num(err, nan=0.0).max(1) > 0.5, 'longtail': lt}
-    if cur.graph_ is not None: cols['knn_distance'] = cur.graph_.distances[:, :cur.k].mean(1).astype(np.float64)
+    if cur.graph_ is not None: cols['knn_distance'] = cur.graph_.distances[:, :cur.longtail_k].mean(1).astype(np.float64)
     for r, name in enumerate(cur.raters_):
         cols[f'rating_{_col(name)}'] = cur.ratings_[:, r]
         cols[f'error_prob_{_col(name)}'] = err[:, r]
@@ -390,7 +378,7 @@ def curate_raters(S,                    # (N, R) rated levels, one column per ra
     logger.info("curated %d samples from %d raters: %d changed from the majority vote", N, len(cur.raters_), params['changed'])
     return rep
 
-# %% ../nbs/05c_multi_rater.ipynb #d22d802f
+# %% ../nbs/05c_multi_rater.ipynb #7791c0a3
 def ratings_matrix(tables,              # one rating table with a `rater` column, or a list of tables (one rater each)
                    raters: list | None = None,  # raters to use (default: all, in order of appearance)
                   ) -> tuple[list[str], np.ndarray, list[str], dict]:  # ids, S (N, R) float with NaN, rater names, counts per rater
@@ -417,7 +405,7 @@ def ratings_matrix(tables,              # one rating table with a `rater` column
     M = pd.concat([p[1] for p in parts], axis=1, keys=names, join='outer')
     return M.index.astype(str).tolist(), M.to_numpy(np.float64), names, {p[0]: p[2] for p in parts}
 
-# %% ../nbs/05c_multi_rater.ipynb #25474046
+# %% ../nbs/05c_multi_rater.ipynb #9ab4a631
 def curate_rating_tables(tables,             # one rating table with a `rater` column, or a list of tables (see `ratings_matrix`)
                          emb_dir=None,       # embeddings folder (`llm_curate embed`): neighbour views and the long-tail score
                          raters: list | None = None,  # raters to use (default all)
@@ -428,13 +416,49 @@ def curate_rating_tables(tables,             # one rating table with a `rater` c
     X, meta = None, {}
     if emb_dir is not None:
         E, emb_ids, emeta = load_embeddings(emb_dir, mmap=True)
-        pos = pd.Index(emb_ids).get_indexer(ids)
-        if (pos < 0).any():
-            miss = [i for i, q in zip(ids, pos) if q < 0]
-            raise ValueError(f"{len(miss)} rated ids have no embedding in {emb_dir} (e.g. {miss[0]!r}): embed the same samples you rated "
-                             f"(llm_curate embed DATA --out {emb_dir}), or curate without --embeddings.")
+        pos = align_ids(ids, emb_ids, f'the embeddings in {emb_dir} (they have no embedding)',
+                        f"Embed the same samples you rated (llm_curate embed DATA --out {emb_dir}), or curate without embeddings.",
+                        noun='rated ids')
         X, meta = np.asarray(E[pos]), {'embedding_model': emeta.get('model'), 'embedded_not_rated': len(emb_ids) - len(ids)}
     return curate_raters(S, X, ids=ids, raters=names, meta={'ratings': counts, **meta}, **kw)
+
+# %% ../nbs/05c_multi_rater.ipynb #ef174906
+def _stem(path) -> str:
+    from pathlib import Path
+    return Path(path).name.split('.')[0]
+
+def _cmd_curate_joint(args) -> int:
+    from pathlib import Path
+    tables = []
+    for p in args.scores:
+        t = read_table(p, 'rating table (from `llm_curate rate --export`)', required=('id', 'score'))
+        if 'rater' not in t.columns: t = t.assign(rater=_stem(p))  # one rater per file: named after the file
+        tables.append(t)
+    rep = curate_rating_tables(tables, args.embeddings, raters=args.raters, neighbours=args.neighbours, longtail_k=args.longtail_k,
+                               random_state=args.seed)
+    out = Path(args.out)
+    rep.save(out)
+    if args.plots:
+        fig = plot_multi_rater(rep)
+        with atomic_write(out / 'curation.png', 'wb') as f: fig.savefig(f, format='png', dpi=80)
+    p = rep.params
+    acc = ', '.join(f"{n} {a:.2f}" for n, a in p['rater_accuracy'].items())
+    nb = f"; neighbours share the level {p['clusterability']:.2f}" if p['clusterability'] is not None else ''
+    print(f"joint curation of {len(p['raters'])} raters: {p['n']} samples; estimated accuracy {acc}{nb}; "
+          f"{p['changed']} differ from the majority vote{'' if p['identifiable'] else ' (NOT identifiable: see the warning)'} -> {out}")
+    return 0
+
+def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser, after `llm_curate.curate.add_cli`
+    "Extend `llm_curate curate` with joint curation of several raters (several --scores tables, or --joint)."
+    p = sub.choices.get('curate')
+    if p is None: return
+    p.description += (' With several --scores tables (one rater each), or --joint, the raters are curated jointly '
+                      '(Dawid-Skene EM: each rater\'s transition matrix from their agreement, no embeddings needed) into one report.')
+    p.add_argument('--joint', action='store_true', help='curate the raters of the table(s) jointly (default when several --scores are given)')
+    p.add_argument('--raters', nargs='+', metavar='NAME', help='joint: use only these raters (default: all)')
+    p.add_argument('--neighbours', type=int, default=2, help='joint with --embeddings: nearest neighbours whose ratings are extra views (0: none; default 2)')
+    single = p.get_default('func')
+    p.set_defaults(func=lambda args: _cmd_curate_joint(args) if args.joint or len(args.scores) > 1 else single(args))
 
 # %% ../nbs/05c_multi_rater.ipynb #97cf1de5
 def plot_multi_rater(report: CurationReport,  # from `curate_raters`

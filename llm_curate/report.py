@@ -504,13 +504,17 @@ def _matrices(run_dir: Path) -> dict:
     out = {}
     for f in sorted([*run_dir.rglob('transition_matrix.npy'), *run_dir.rglob('report.json')]):
         if 'report' in f.relative_to(run_dir).parts[:1]: continue
+        names = None
         if f.suffix == '.npy': T = np.load(f, allow_pickle=False)
         else:
-            try: T = json.loads(f.read_text(encoding='utf-8')).get('transition_matrix')
+            try: meta = json.loads(f.read_text(encoding='utf-8')); T = meta.get('transition_matrix')
             except (ValueError, AttributeError): continue
             if T is None: continue
-            T = np.asarray(T, dtype=float)
-        out[str(f.parent.relative_to(run_dir)) or run_dir.name] = T
+            T, names = np.asarray(T, dtype=float), (meta.get('params') or {}).get('raters')
+        where = str(f.parent.relative_to(run_dir)) or run_dir.name
+        if T.ndim == 3:  # a joint (multi-rater) report: one matrix per rater
+            for r, Tr in enumerate(T): out[f"{where}: {names[r] if names and r < len(names) else r}"] = Tr
+        else: out[where] = T
     return out
 
 def _ratings(run_dir: Path) -> pd.DataFrame | None:

@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 from hypothesis.extra.numpy import arrays
 
-from llm_curate.curate import CurationReport, empirical_T, ordinal_noise
-from llm_curate.multi_rater import (MultiRaterCurator, check_ratings, curate_raters, curate_rating_tables, draw_ratings,
+from llm_curate.curate import CurationReport
+from llm_curate.synthetic import draw_ratings, empirical_T, rater_like_T, synthetic_pool
+from llm_curate.multi_rater import (MultiRaterCurator, check_ratings, curate_raters, curate_rating_tables,
                                     majority_vote, rater_accuracy, ratings_matrix, rating_patterns)
-from llm_curate.select import rater_like_T, select
+from llm_curate.select import select
 
 K = 6
 T3 = [rater_like_T(K, bias=0.5, width=0.55), rater_like_T(K, bias=-0.5, width=0.55), rater_like_T(K, bias=0.0, width=1.0)]
@@ -115,7 +116,6 @@ def test_all_raters_constant_or_absent_does_not_break(caplog):
 
 
 def test_two_raters_warn_and_neighbours_identify(caplog):
-    from llm_curate.select import synthetic_pool
     pool = synthetic_pool(4000, spread=0.5, seed=0)  # well clustered: neighbours are a good third view
     S = draw_ratings(pool.true, T3[:2], seed=1)
     Te = np.stack([empirical_T(pool.true, S[:, r].astype(int), K) for r in range(2)])
@@ -168,7 +168,6 @@ def test_bad_parameters_and_input():
 
 
 def test_report_roundtrip_and_selection_on_the_joint_score(tmp_path, gen):
-    from llm_curate.select import synthetic_pool
     pool = synthetic_pool(3000, spread=1.5, seed=0)
     S = draw_ratings(pool.true, T3, seed=1)
     ids = [s['id'] for s in pool.samples]
@@ -208,7 +207,6 @@ def test_majority_vote_takes_a_most_voted_level_and_the_middle_of_ties(L):
 
 def test_curate_rating_tables_with_an_embeddings_folder(tmp_path):
     from llm_curate.embed import save_embeddings
-    from llm_curate.select import synthetic_pool
     pool = synthetic_pool(1500, spread=1.5, seed=1)
     ids = [s['id'] for s in pool.samples]
     S = draw_ratings(pool.true, T3, missing=0.1, seed=2)
@@ -224,3 +222,94 @@ def test_curate_rating_tables_with_an_embeddings_folder(tmp_path):
     save_embeddings(tmp_path / 'few', pool.X[:100], ids[:100], 'generated')
     with pytest.raises(ValueError, match='have no embedding'):
         curate_rating_tables(tabs, tmp_path / 'few')
+
+
+def _cli(*args, **kw):
+    import subprocess
+    return subprocess.run(['llm_curate', *map(str, args)], capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_cli_curates_several_tables_jointly(tmp_path):
+    pool = synthetic_pool(2000, spread=1.5, seed=0)
+    ids = [s['id'] for s in pool.samples]
+    S = draw_ratings(pool.true, T3, missing=0.05, seed=1)
+    files = []
+    for r, n in enumerate(['gpt', 'llama', 'mistral']):
+        ok = ~np.isnan(S[:, r])
+        t = pd.DataFrame({'id': ids, 'score': np.nan_to_num(S[:, r]).astype(int), 'status': np.where(ok, 'ok', 'unparsed')})
+        t.to_parquet(tmp_path / f'{n}.parquet'); files.append(tmp_path / f'{n}.parquet')
+    r = _cli('curate', '--scores', *files, '--out', tmp_path / 'joint')
+    assert r.returncode == 0, r.stderr
+    assert 'joint curation of 3 raters' in r.stdout and 'estimated accuracy gpt' in r.stdout
+    rep = CurationReport.load(tmp_path / 'joint')
+    assert rep.params['raters'] == ['gpt', 'llama', 'mistral'] and rep.params['ratings']['gpt']['excluded'] == {'unparsed': int(np.isnan(S[:, 0]).sum())}
+    np.testing.assert_array_equal(rep.frame.set_index('id').loc[ids, 'rating_llama'], np.where(np.isnan(S[:, 1]), -1, S[:, 1]))
+    # one table holding all raters, --joint: the same report
+    pd.concat([pd.read_parquet(f).assign(rater=f.stem) for f in files]).to_parquet(tmp_path / 'all.parquet')
+    r2 = _cli('curate', '--scores', tmp_path / 'all.parquet', '--joint', '--out', tmp_path / 'joint2')
+    assert r2.returncode == 0, r2.stderr
+    pd.testing.assert_frame_equal(CurationReport.load(tmp_path / 'joint2').frame.drop(columns='posterior'),
+                                  rep.frame.drop(columns='posterior'))
+
+
+def test_cli_bad_input_says_what_and_writes_nothing(tmp_path):
+    pd.DataFrame({'id': ['a', 'b'], 'score': [1, 2], 'rater': 'x'}).to_parquet(tmp_path / 'one.parquet')
+    r = _cli('curate', '--scores', tmp_path / 'one.parquet', '--out', tmp_path / 'rep')
+    assert r.returncode == 1 and '--embeddings is required for single-rater curation' in r.stderr and 'Traceback' not in r.stderr
+    r = _cli('curate', '--scores', tmp_path / 'one.parquet', '--joint', '--out', tmp_path / 'rep')
+    assert r.returncode == 1 and 'needs ratings from >= 2 raters' in r.stderr
+    assert not (tmp_path / 'rep').exists()
+
+
+def test_pipeline_with_three_raters_curates_jointly_and_selects_on_the_joint_score(tmp_path):
+    "rate.scores lists three raters' files: the curate stage runs the joint curator, select and the report read its report."
+    import json
+    from pathlib import Path
+    import llm_curate
+    from llm_curate.data import load_samples
+    from llm_curate.pipeline import Manifest, Pipeline, validate_config
+    asset = Path(llm_curate.__file__).parent / 'assets' / 't0_pool_5k.jsonl.gz'
+    ds = load_samples(asset, progress=False, cache_dir=tmp_path / 'cache').select(range(300))
+    rng = np.random.default_rng(0)
+    tpl = pd.Series(ds['template'])
+    true = tpl.map({t: int(rng.integers(0, 6)) for t in tpl.unique()}).to_numpy()
+    S = draw_ratings(true, T3, seed=3)
+    files = []
+    for r, n in enumerate(['lenient', 'harsh', 'noisy']):
+        pd.DataFrame({'id': ds['id'], 'score': S[:, r].astype(int)}).to_parquet(tmp_path / f'{n}.parquet')
+        files.append(str(tmp_path / f'{n}.parquet'))
+    cfg = {'run_dir': str(tmp_path / 'run'), 'data': {'source': str(asset), 'limit': 300}, 'rate': {'scores': files},
+           'embed': {'batch_size': 128}, 'select': {'method': 'ds2', 'budget': 30, 'compare': ['random']}}
+    with pytest.raises(ValueError, match='rate.scores: not found'):
+        validate_config({**cfg, 'rate': {'scores': files + [str(tmp_path / 'nope.parquet')]}})
+    Pipeline(cfg, progress=False).run()
+    msg = Manifest(tmp_path / 'run').stages['curate']['summary']
+    assert '300 samples curated jointly from 3 raters' in msg, msg
+    rep = CurationReport.load(tmp_path / 'run' / 'curation')
+    assert rep.params['kind'] == 'multi_rater' and rep.params['raters'] == ['lenient', 'harsh', 'noisy']
+    picked = json.loads((tmp_path / 'run' / 'selection' / 'subset.manifest.json').read_text())['ids']
+    f = rep.frame.set_index('id')
+    assert sorted(f.loc[picked, 'curated_score'], reverse=True) == sorted(f['curated_score'], reverse=True)[:30]
+    html = (tmp_path / 'run' / 'report' / 'report.html').read_text()
+    assert 'Curation (joint, several raters)' in html and '<h2>Transition matrices</h2>' in html
+    from llm_curate.report import _matrices
+    mats = _matrices(tmp_path / 'run')                  # one matrix per rater of the joint report
+    assert {'curation: lenient', 'curation: harsh', 'curation: noisy'} <= set(mats) and mats['curation: harsh'].shape == (6, 6)
+    cfg_single = {**cfg, 'run_dir': str(tmp_path / 'run2'), 'curate': {'joint': False}}
+    with pytest.raises(ValueError, match='curate.joint is false'):
+        Pipeline(cfg_single, progress=False).run()
+
+
+def test_selection_on_a_joint_report_without_embeddings(caplog):
+    "Curated from ratings alone, the report has no long-tail score: ds2 takes it from X when given, else orders ties at random."
+    pool = synthetic_pool(1500, spread=1.5, seed=2)
+    rep = curate_raters(draw_ratings(pool.true, T3, seed=1), ids=[s['id'] for s in pool.samples])
+    assert rep.frame['longtail'].isna().all()
+    with caplog.at_level(logging.WARNING, 'llm_curate.select'):
+        a = select(pool.samples, 'ds2', 100, report=rep, seed=0)
+    assert 'no long-tail score' in caplog.text
+    b = select(pool.samples, 'ds2', 100, report=rep, X=pool.X, seed=0)
+    top = np.sort(rep.frame['curated_score'].to_numpy())[::-1][:100]
+    for sel in (a, b):
+        np.testing.assert_array_equal(np.sort(rep.frame.set_index('id').loc[list(sel.ids), 'curated_score'].to_numpy())[::-1], top)
+    assert 'long-tail nan' not in ' '.join(b.reasons)

@@ -11,7 +11,7 @@ __all__ = ['CLI_MODULES', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #cc1d3ffa
 #: Modules (in pipeline order) that may define `add_cli(subparsers)`; missing ones are skipped.
-CLI_MODULES = ('data', 'rate_cli', 'rate_local', 'embed', 'knn', 'curate', 'select', 'finetune', 'evaluate',
+CLI_MODULES = ('data', 'rate_cli', 'rate_local', 'embed', 'knn', 'curate', 'multi_rater', 'select', 'finetune', 'evaluate',
                'judge', 'report', 'pipeline')
 
 def build_parser() -> argparse.ArgumentParser:

@@ -474,7 +474,9 @@ def curate_ratings(table: pd.DataFrame,       # rating table (see `scores_from_r
                                                       'embedding_model': meta.get('model'), 'ratings': counts}, **kw)
 
 def _cmd_curate(args) -> int:
-    table = read_table(args.scores, 'rating table (from `llm_curate rate --export`)', required=('id', 'score'))
+    if len(args.scores) > 1: raise ValueError(f"{len(args.scores)} rating tables given: curate them jointly (llm_curate curate --joint, see llm_curate.multi_rater) or one at a time.")
+    if not args.embeddings: raise ValueError("--embeddings is required for single-rater curation (the k-NN graph); only joint curation of several raters works without.")
+    table = read_table(args.scores[0], 'rating table (from `llm_curate rate --export`)', required=('id', 'score'))
     raters = [args.rater] if args.rater else (list(pd.unique(table['rater'].astype(str))) if 'rater' in table.columns else [None])
     kw = dict(k=args.k, longtail_k=args.longtail_k, confidence=args.confidence, sample_size=args.sample_size, random_state=args.seed, soft=args.soft)
     for r in raters:
@@ -495,8 +497,8 @@ def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
     p = sub.add_parser('curate', help='curate rated scores (transition matrix, mis-rating detection, long-tail score)',
                        description='Read a rating table and an embeddings folder, run DS2 score curation and write '
                                    'REPORT_DIR/report.parquet and report.json (one sub-folder per rater when several).')
-    p.add_argument('--scores', required=True, metavar='RATINGS', help='rating table (Parquet; .jsonl/.csv also read): id, rater, status, score[, score_probs]')
-    p.add_argument('--embeddings', required=True, metavar='EMB', help='embeddings folder written by `llm_curate embed`')
+    p.add_argument('--scores', required=True, nargs='+', metavar='RATINGS', help='rating table(s) (Parquet; .jsonl/.csv also read): id, rater, status, score[, score_probs]')
+    p.add_argument('--embeddings', metavar='EMB', help='embeddings folder written by `llm_curate embed` (required for single-rater curation)')
     p.add_argument('--out', required=True, metavar='REPORT_DIR', help='output folder')
     p.add_argument('--rater', help='curate only this rater (default: each rater in its own sub-folder)')
     p.add_argument('--k', type=int, default=10, help='voters per sample: itself and its k-1 nearest neighbours (default 10)')

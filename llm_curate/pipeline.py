@@ -38,13 +38,15 @@ SCHEMA: dict[str, dict[str, tuple]] = {  # section -> key -> (accepted types, de
              'max_sample_tokens': ((int, type(None)), None, 'cut longer samples in the middle to this many tokens'),
              'options': (dict, {}, 'extra keyword arguments for the rater'),
              'calibrate': ((str, type(None)), None, "'quantile': bin the expected rating into equal-count levels (for weak judges whose ratings collapse)"),
-             'scores': ((str, type(None)), None, 'use existing ratings (Parquet/CSV with id, score) instead of rating')},
+             'scores': ((str, list, type(None)), None, 'use existing ratings (Parquet/CSV with id, score) instead of rating; a list of files = several raters')},
     'embed': {'model': ((str, type(None)), None, 'sentence-transformers model; the bundled MiniLM when null and offline'),
               'batch_size': (int, 64, 'texts per batch'),
               'device': ((str, list, type(None)), None, 'device or list of devices'),
               'embeddings': ((str, type(None)), None, 'use a saved embeddings folder instead of embedding')},
     'curate': {'k': (int, 10, 'voters per sample (itself and k-1 neighbours)'), 'confidence': (_NUM, 0.5, 'confidence threshold for changing a score'),
-               'random_state': (int, 0, 'seed'), 'options': (dict, {}, 'other ScoreCurator parameters, e.g. longtail_k')},
+               'random_state': (int, 0, 'seed'), 'options': (dict, {}, 'other ScoreCurator (or MultiRaterCurator) parameters, e.g. longtail_k'),
+               'joint': ((bool, type(None)), None, 'curate several raters jointly (multi-rater); null: when the ratings hold several raters'),
+               'neighbours': (int, 2, 'joint: nearest neighbours whose ratings are extra views (0: none)')},
     'select': {'method': (str, 'ds2', 'selection method'), 'budget': (_NUM, 0.1, 'fraction (< 1) or number of samples'),
                'compare': (list, [], 'other methods to run for the comparison table'), 'seed': (int, 0, 'seed'),
                'options': (dict, {}, 'extra keyword arguments for select')},
@@ -112,6 +114,11 @@ def validate_config(cfg: dict,               # the parsed config
         d['source'] = str(p)
     for sec, key in (('rate', 'scores'), ('embed', 'embeddings'), ('evaluate', 'data_dir')):
         v = out.get(sec, {}).get(key)
+        if isinstance(v, list) and key == 'scores':  # several raters' rating files
+            if not v or not all(isinstance(x, str) for x in v): problems.append(f"rate.scores: expected a file or a non-empty list of files, got {v!r}"); continue
+            ps = [(base / x).expanduser() for x in v]
+            problems += [f"rate.scores: not found: {p}" for p in ps if not p.exists()]
+            out[sec][key] = [str(p) for p in ps]
         if isinstance(v, str):
             p = (base / v).expanduser()
             if not p.exists(): problems.append(f"{sec}.{key}: not found: {p}")
@@ -243,9 +250,12 @@ def quantile_levels(table,             # rating table (`status`, `score`, `expec
     return t
 
 def _stage_rate(cfg, ctx: RunContext) -> str:
+    import pandas as pd
     c = cfg['rate']
     ds = ctx.samples()
-    if c['scores']: table = _read_scores(c['scores'], ds['id'])
+    if c['scores']:
+        files = [c['scores']] if isinstance(c['scores'], str) else c['scores']
+        table = pd.concat([_read_scores(f, ds['id']) for f in files], ignore_index=True)
     else:
         from llm_curate.rate import make_rater
         kw = {k: c[k] for k in ('mode', 'max_sample_tokens', 'base_url', 'api_key_env', 'concurrency', 'batch_size') if c[k] is not None}
@@ -279,7 +289,14 @@ def _stage_curate(cfg, ctx: RunContext) -> str:
     c = cfg['curate']
     r = pd.read_parquet(ctx.run_dir / 'ratings.parquet')
     raters = r['rater'].unique()
-    if len(raters) > 1: raise ValueError(f"ratings.parquet holds {len(raters)} raters ({list(raters)}); the pipeline curates one rater's scores")
+    if len(raters) > 1 and c['joint'] is not False:
+        from llm_curate.multi_rater import curate_rating_tables
+        rep = curate_rating_tables(r, ctx.run_dir / 'embeddings', neighbours=c['neighbours'], random_state=c['random_state'], **c['options'])
+        rep.save(ctx.run_dir / 'curation')
+        p = rep.params
+        return (f"{p['n']:,} samples curated jointly from {len(raters)} raters (estimated accuracy "
+                + ', '.join(f"{n} {a:.2f}" for n, a in p['rater_accuracy'].items()) + f"); {p['changed']:,} differ from the majority vote")
+    if len(raters) > 1: raise ValueError(f"ratings.parquet holds {len(raters)} raters ({list(raters)}) and curate.joint is false: the single-rater curator takes one rater's scores")
     rep = curate_ratings(r, ctx.run_dir / 'embeddings', k=c['k'], confidence=c['confidence'], random_state=c['random_state'], **c['options'])
     rep.save(ctx.run_dir / 'curation')
     f, n = rep.frame, rep.params['ratings']

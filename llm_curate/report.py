@@ -522,13 +522,17 @@ def _matrices(run_dir: Path) -> dict:
     out = {}
     for f in sorted([*run_dir.rglob('transition_matrix.npy'), *run_dir.rglob('report.json')]):
         if 'report' in f.relative_to(run_dir).parts[:1]: continue
+        names = None
         if f.suffix == '.npy': T = np.load(f, allow_pickle=False)
         else:
-            try: T = json.loads(f.read_text(encoding='utf-8')).get('transition_matrix')
+            try: meta = json.loads(f.read_text(encoding='utf-8')); T = meta.get('transition_matrix')
             except (ValueError, AttributeError): continue
             if T is None: continue
-            T = np.asarray(T, dtype=float)
-        out[str(f.parent.relative_to(run_dir)) or run_dir.name] = T
+            T, names = np.asarray(T, dtype=float), (meta.get('params') or {}).get('raters')
+        where = str(f.parent.relative_to(run_dir)) or run_dir.name
+        if T.ndim == 3:  # a joint (multi-rater) report: one matrix per rater
+            for r, Tr in enumerate(T): out[f"{where}: {names[r] if names and r < len(names) else r}"] = Tr
+        else: out[where] = T
     return out
 
 def _ratings(run_dir: Path) -> pd.DataFrame | None:
@@ -804,15 +808,25 @@ def run_sections(run_dir: str | os.PathLike,  # a run folder of `llm_curate run`
     rep = CurationReport.load(run / 'curation'); f = rep.frame
     thr, k = rep.params.get('confidence', 0.5), rep.params.get('k', 10)
     changed = int((f['curated_score'] != f['score']).sum())
-    fig = plot_curation_run(f, rep.transition_matrix, thr)
-    savefig(fig, out / 'curation.png'); _plt().close(fig)
-    sections.append('\n'.join([
-        '<h2>Curation</h2>',
-        f"<p>{len(f):,} rated samples; {int(f['flagged'].sum()):,} flagged as likely mis-rated; {changed:,} scores changed "
-        f"(confidence threshold {thr}, k = {k} neighbours). Left: the estimated transition matrix T (HOC, Zhu, Song & Liu, ICML 2021, as DS2 uses it, Pang et al., ICLR 2025): "
-        "row i is how a sample of true score i gets rated. Middle: how many samples went from each rated score to each curated "
-        "score (off the diagonal: changed). Right: for the flagged samples, the confidence of the score their neighbours suggest; "
-        "a flagged score is changed above the dashed threshold.</p>", img_tag(out / 'curation.png')]))
+    if rep.params.get('kind') == 'multi_rater':   # a joint report of several raters (05c_multi_rater)
+        from llm_curate.multi_rater import plot_multi_rater
+        fig = plot_multi_rater(rep); savefig(fig, out / 'curation.png'); _plt().close(fig)
+        sections.append('\n'.join([
+            '<h2>Curation (joint, several raters)</h2>',
+            f"<p>{len(f):,} samples rated by {len(rep.params['raters'])} raters, curated jointly (Dawid-Skene EM); {changed:,} joint "
+            "scores differ from the majority vote. One estimated transition matrix per rater, T[i, j] = P(rated j | true score i), "
+            "with its estimated accuracy; right: the share of samples per score for each rater, the joint score and the prior.</p>",
+            img_tag(out / 'curation.png')]))
+    else:
+        fig = plot_curation_run(f, rep.transition_matrix, thr)
+        savefig(fig, out / 'curation.png'); _plt().close(fig)
+        sections.append('\n'.join([
+            '<h2>Curation</h2>',
+            f"<p>{len(f):,} rated samples; {int(f['flagged'].sum()):,} flagged as likely mis-rated; {changed:,} scores changed "
+            f"(confidence threshold {thr}, k = {k} neighbours). Left: the estimated transition matrix T (HOC, Zhu, Song & Liu, ICML 2021, as DS2 uses it, Pang et al., ICLR 2025): "
+            "row i is how a sample of true score i gets rated. Middle: how many samples went from each rated score to each curated "
+            "score (off the diagonal: changed). Right: for the flagged samples, the confidence of the score their neighbours suggest; "
+            "a flagged score is changed above the dashed threshold.</p>", img_tag(out / 'curation.png')]))
     if (run / 'comparison.json').exists():
         comp = json.loads((run / 'comparison.json').read_text(encoding='utf-8'))
         tab = pd.DataFrame(comp['methods']).drop(columns=['top_groups'], errors='ignore')

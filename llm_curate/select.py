@@ -121,7 +121,12 @@ class Pool:
 
     def longtail(self, k: int = 10) -> np.ndarray:
         "(N,) long-tail scores: the report's, else computed from `X` as $2/(1+e^{-\\bar d})-1$."
-        if self._frame is not None: return self._frame['longtail'].to_numpy('float64')
+        if self._frame is not None:
+            lt = self._frame['longtail'].to_numpy('float64')
+            if not np.isnan(lt).all(): return lt
+            if self.X is None:  # e.g. a joint report curated without embeddings
+                logger.warning("The curation report has no long-tail score (curated without embeddings) and no X was given: equal scores are ordered at random.")
+                return np.zeros(self.n)
         if self.X is None: raise ValueError("A long-tail score needs a curation report or embeddings: pass report=... or X=....")
         return longtail_score(self.mean_knn_distance(k))
 

@@ -11,7 +11,7 @@ from .data import need
 from .knn import check_embeddings
 
 # %% auto #0
-__all__ = ['make_noisy_scores', 'ordinal_noise', 'empirical_T', 'rater_like_T', 'SyntheticPool', 'synthetic_pool',
+__all__ = ['make_noisy_scores', 'ordinal_noise', 'empirical_T', 'rater_like_T', 'SyntheticPool', 'synthetic_pool', 'draw_ratings',
            'kmeans_labels', 'selection_quality']
 
 # %% ../nbs/03b_synthetic.ipynb #2fcb0620
@@ -114,6 +114,19 @@ def synthetic_pool(n: int = 5000,           # pool size
                              {'role': 'assistant', 'content': ' '.join(['answer'] * int(5 + 2 * true[i] + rng.integers(0, 30)))}]}
                for i in range(n)]
     return SyntheticPool(samples, X, true, rated.astype(np.int64), topic, T)
+
+# %% ../nbs/03b_synthetic.ipynb #db680732
+def draw_ratings(true: np.ndarray,  # (N,) true levels in [0, K)
+                 Ts,                # R transition matrices (K, K), one per rater; T[i, j] = P(rated j | true i)
+                 missing: float = 0.0,  # share of (sample, rater) ratings left out at random (NaN)
+                 seed: int = 0,     # random seed
+                ) -> np.ndarray:    # (N, R) float ratings, NaN where missing
+    "Independent noisy ratings of known true levels by several raters."
+    rng = np.random.default_rng(seed)
+    S = np.stack([(rng.random(len(true))[:, None] > np.cumsum(T, 1)[true]).sum(1).clip(0, len(T) - 1) for T in map(np.asarray, Ts)], 1)
+    S = S.astype(np.float64)
+    S[rng.random(S.shape) < missing] = np.nan
+    return S
 
 # %% ../nbs/03b_synthetic.ipynb #37d4c344
 def kmeans_labels(X: np.ndarray,      # (N, d) embeddings

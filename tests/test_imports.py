@@ -31,7 +31,7 @@ def test_import_is_fast():
 
 
 def test_expected_modules_present():
-    assert {'data', 'models', 'cli', 'synthetic', 'signals', 'select', 'curate'} <= set(MODULES)
+    assert {'data', 'models', 'cli', 'synthetic', 'signals', 'select', 'curate', 'multi_rater'} <= set(MODULES)
 
 
 def test_test_doubles_live_in_testing():

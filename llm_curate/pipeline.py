@@ -43,7 +43,13 @@ SCHEMA: dict[str, dict[str, tuple]] = {  # section -> key -> (accepted types, de
               'batch_size': (int, 64, 'texts per batch'),
               'device': ((str, list, type(None)), None, 'device or list of devices'),
               'embeddings': ((str, type(None)), None, 'use a saved embeddings folder instead of embedding')},
-    'curate': {'k': (int, 10, 'voters per sample (itself and k-1 neighbours)'), 'confidence': (_NUM, 0.5, 'confidence threshold for changing a score'),
+    'curate': {'k': (int, 10, 'voters per sample (itself and k-1 neighbours)'), 'confidence': (_NUM, 0.5, 'replace a score where P(suggested score) >= this'),
+               'procedure': (str, 'posterior', "'posterior' (graded, tempered by clusterability) or 'reference' (the released rank rule)"),
+               'hoc_rounds': ((int, type(None)), None, 'random subsets averaged for HOC (null: 1 posterior, 50 reference)'),
+               'sample_size': ((int, type(None)), None, 'size of those subsets (null: all samples posterior, 50,000 reference)'),
+               'detect_rounds': (int, 51, 'reference procedure: detection rounds over random subsets'),
+               'gold': ((str, type(None)), None, 'table of trusted levels (id, score) for some samples: checks T and curation'),
+               'fit_gold': (bool, False, 'estimate T from the gold samples'),
                'random_state': (int, 0, 'seed'), 'options': (dict, {}, 'other ScoreCurator parameters, e.g. longtail_k')},
     'select': {'method': (str, 'ds2', 'selection method'), 'budget': (_NUM, 0.1, 'fraction (< 1) or number of samples'),
                'compare': (list, [], 'other methods to run for the comparison table'), 'seed': (int, 0, 'seed'),
@@ -280,11 +286,15 @@ def _stage_curate(cfg, ctx: RunContext) -> str:
     r = pd.read_parquet(ctx.run_dir / 'ratings.parquet')
     raters = r['rater'].unique()
     if len(raters) > 1: raise ValueError(f"ratings.parquet holds {len(raters)} raters ({list(raters)}); the pipeline curates one rater's scores")
-    rep = curate_ratings(r, ctx.run_dir / 'embeddings', k=c['k'], confidence=c['confidence'], random_state=c['random_state'], **c['options'])
+    gold = read_table(c['gold'], 'gold table (id, score: trusted levels)', required=('id', 'score')) if c['gold'] else None
+    rep = curate_ratings(r, ctx.run_dir / 'embeddings', k=c['k'], confidence=c['confidence'], procedure=c['procedure'],
+                         hoc_rounds=c['hoc_rounds'], sample_size=c['sample_size'], detect_rounds=c['detect_rounds'],
+                         gold=gold, fit_gold=c['fit_gold'], random_state=c['random_state'], **c['options'])
     rep.save(ctx.run_dir / 'curation')
     f, n = rep.frame, rep.params['ratings']
     return (f"{n['used']:,} curated ({n['embedded_not_rated']:,} without an ok rating left out); "
-            f"{int(f['flagged'].sum()):,} flagged, {int((f['curated_score'] != f['score']).sum()):,} scores changed")
+            f"{int(f['flagged'].sum()):,} flagged, {int((f['curated_score'] != f['score']).sum()):,} scores changed; "
+            f"clusterability {rep.params['clusterability']:.2f}")
 
 # %% ../nbs/10_pipeline.ipynb #c861e3f0
 def _selection_stats(sel, frame, extra) -> dict:

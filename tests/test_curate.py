@@ -95,7 +95,7 @@ def test_subset_rounds_still_work(noisy):
 
 def test_tiny_sample_size_never_flags_unsampled():
     X, y, rated = make_noisy_scores(600, n_clusters=60, seed=8)
-    cur = ScoreCurator(sample_size=20, detect_rounds=2, hoc_rounds=3).fit(X, rated)
+    cur = ScoreCurator(procedure='reference', sample_size=20, detect_rounds=2, hoc_rounds=3).fit(X, rated)
     assert (cur.error_prob_ >= 0).all() and (cur.error_prob_ <= 1).all()
     seen = cur.rounds_seen_ > 0
     assert seen.sum() <= 2 * 20 and cur.rounds_seen_.sum() == 2 * 20   # two rounds of 20 samples each

@@ -286,10 +286,10 @@ def _stage_curate(cfg, ctx: RunContext) -> str:
     r = pd.read_parquet(ctx.run_dir / 'ratings.parquet')
     raters = r['rater'].unique()
     if len(raters) > 1: raise ValueError(f"ratings.parquet holds {len(raters)} raters ({list(raters)}); the pipeline curates one rater's scores")
-    gold = read_table(c['gold'], 'gold table (id, score: trusted levels)', required=('id', 'score')) if c['gold'] else None
-    rep = curate_ratings(r, ctx.run_dir / 'embeddings', k=c['k'], confidence=c['confidence'], procedure=c['procedure'],
-                         hoc_rounds=c['hoc_rounds'], sample_size=c['sample_size'], detect_rounds=c['detect_rounds'],
-                         gold=gold, fit_gold=c['fit_gold'], random_state=c['random_state'], **c['options'])
+    gold = read_table(c['gold'], 'gold table (id, score: trusted levels)', required=('id', 'score')) if c.get('gold') else None
+    kw = {k: c[k] for k in ('procedure', 'hoc_rounds', 'sample_size', 'detect_rounds', 'fit_gold') if k in c}   # defaults: CONFIG
+    rep = curate_ratings(r, ctx.run_dir / 'embeddings', k=c['k'], confidence=c['confidence'], gold=gold,
+                         random_state=c['random_state'], **kw, **c['options'])
     rep.save(ctx.run_dir / 'curation')
     f, n = rep.frame, rep.params['ratings']
     return (f"{n['used']:,} curated ({n['embedded_not_rated']:,} without an ok rating left out); "

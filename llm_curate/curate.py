@@ -475,14 +475,19 @@ class ScoreCurator:
                 cs.append(consensus_counts(y[m], g.indices, K, None if P is None else P[m]))
         return tuple(np.mean([ci[r] for ci in cs], 0) for r in range(3))
 
+    def _known_transition(self, y, P):
+        "The given T, and the prior that explains the rated-level mix r = p T."
+        T = np.asarray(self.transition, float)
+        c1 = np.bincount(y, minlength=self.n_scores) / len(y) if P is None else P.mean(0)
+        p = np.clip(np.linalg.lstsq(T.T, c1, rcond=None)[0], 0, None)
+        return T, (p / p.sum() if p.sum() > 0 else c1)
+
     def _fit_posterior(self, X, y, P, idx, dist, rng):
         N, K, k = len(y), self.n_scores, self.k
         t = time.perf_counter()
         self.noise_cap_ = {}
-        if self.transition is not None:   # known T: the prior from the rated-level mix, r = p T
-            T = np.asarray(self.transition, float)
-            c1 = np.bincount(y, minlength=K) / N if P is None else P.mean(0)
-            p = np.clip(np.linalg.lstsq(T.T, c1, rcond=None)[0], 0, None); p = p / p.sum() if p.sum() > 0 else c1
+        if self.transition is not None:
+            T, p = self._known_transition(y, P)
             self.share_, self.hoc_loss_, self.hoc_transition_matrix_ = float('nan'), float('nan'), T
         else:
             T, p, self.share_, self.hoc_loss_ = fit_noise_model(self._consensus(y, P, idx, rng), steps=self.steps, lr=self.lr)
@@ -524,9 +529,7 @@ class ScoreCurator:
         N, K, k = len(y), self.n_scores, self.k
         t = time.perf_counter()
         if self.transition is not None:
-            T = np.asarray(self.transition, float)
-            c1 = np.bincount(y, minlength=K) / N if P is None else P.mean(0)
-            p = np.clip(np.linalg.lstsq(T.T, c1, rcond=None)[0], 0, None); p = p / p.sum() if p.sum() > 0 else c1
+            T, p = self._known_transition(y, P)
             self.hoc_loss_ = float('nan')
         else:
             T, p, self.hoc_loss_ = fit_transition(self._consensus(y, P, idx, rng, X=X), steps=self.steps, lr=self.lr)

@@ -17,10 +17,12 @@ from .data import align_ids
 from .synthetic import make_noisy_scores, ordinal_noise, empirical_T  # re-exported: they lived here
 
 # %% auto #0
-__all__ = ['logger', 'check_scores', 'consensus_counts', 'hoc_loss_grad', 'fit_transition', 'neighbour_votes', 'flag_fraction',
-           'longtail_score', 'ScoreCurator', 'CurationReport', 'curate_scores', 'plot_transition_matrix',
-           'plot_curation', 'scores_from_ratings', 'curate_ratings', 'add_cli', 'make_noisy_scores', 'ordinal_noise',
-           'empirical_T']
+__all__ = ['logger', 'LOW_CLUSTERABILITY', 'check_scores', 'consensus_counts', 'hoc_loss_grad', 'fit_transition',
+           'neighbour_votes', 'flag_fraction', 'longtail_score', 'share_loss_grad', 'fit_noise_model',
+           'near_pair_agreement', 'self_agreement', 'cap_noise', 'share_by_rank', 'neighbour_loglik', 'fit_temperature',
+           'posterior_levels', 'ScoreCurator', 'CurationReport', 'gold_transition', 'curate_scores',
+           'plot_transition_matrix', 'plot_curation', 'scores_from_ratings', 'curate_ratings', 'summary', 'add_cli',
+           'make_noisy_scores', 'ordinal_noise', 'empirical_T']
 
 # %% ../nbs/04_curate.ipynb #d120b4b3
 _all_ = ['make_noisy_scores', 'ordinal_noise', 'empirical_T']
@@ -187,29 +189,200 @@ def longtail_score(dist: np.ndarray,  # (N, k) cosine distances to the k nearest
     d = np.asarray(dist, dtype=np.float64)
     return 2 / (1 + np.exp(-(d.mean(1) if d.ndim == 2 else d))) - 1
 
+# %% ../nbs/04_curate.ipynb #c6e345f0
+def _moments(T, p):
+    pT = p[:, None] * T
+    return p @ T, T.T @ pT, np.einsum('ki,kj,kl->ijl', pT, T, T, optimize=True)
+
+def share_loss_grad(A: np.ndarray,  # (K, K) logits of T
+                    b: np.ndarray,  # (K,) logits of p
+                    s: float,       # logit of the share probability rho
+                    c: tuple,       # (c1, c2, c3) empirical consensus
+                   ) -> tuple:      # loss, dloss/dA, dloss/db, dloss/ds
+    "HOC loss with a share probability: c2 = rho M2 + (1 - rho) c1 c1^T, c3 = rho M3 + (1 - rho) c1^3; closed-form gradient."
+    T, p, rho = _softmax(A, 1), _softmax(b), 1 / (1 + np.exp(-s))
+    m1, M2, M3 = _moments(T, p)
+    O2, O3 = np.outer(m1, m1), np.einsum('i,j,l->ijl', m1, m1, m1)
+    E = [m1 - c[0], rho * M2 + (1 - rho) * O2 - c[1], rho * M3 + (1 - rho) * O3 - c[2]]
+    nrm = [float(np.sqrt((e * e).sum())) for e in E]
+    G1, G2, G3 = (e / n if n > 0 else np.zeros_like(e) for e, n in zip(E, nrm))
+    G3s = G3 + G3.transpose(1, 0, 2) + G3.transpose(2, 0, 1)
+    ds = (((M2 - O2) * G2).sum() + ((M3 - O3) * G3).sum()) * rho * (1 - rho)
+    G1 = G1 + (1 - rho) * ((G2 + G2.T) @ m1 + np.einsum('ijl,j,l->i', G3s, m1, m1))   # through m1 = p @ T
+    H2, H3 = rho * G2, rho * G3
+    TG3 = np.einsum('kj,kl,mjl->km', T, T, rho * G3s, optimize=True)
+    dT = p[:, None] * (G1[None, :] + T @ (H2 + H2.T) + TG3)
+    dp = T @ G1 + np.einsum('ki,kj,ij->k', T, T, H2, optimize=True) + np.einsum('ki,kj,kl,ijl->k', T, T, T, H3, optimize=True)
+    return sum(nrm), T * (dT - (dT * T).sum(1, keepdims=True)), p * (dp - dp @ p), float(ds)
+
+def fit_noise_model(c: tuple,              # (c1, c2, c3) consensus from `consensus_counts`
+                    steps: int = 1501,     # Adam steps (per start)
+                    lr: float = 0.1,       # Adam learning rate
+                    init_diag: float = 5.0,  # A0 = init_diag * I - 1
+                    starts: tuple = (3.0, 0.0),  # initial logits of rho (0.95 and 0.5); the best fit is kept
+                   ) -> tuple[np.ndarray, np.ndarray, float, float]:  # T (K, K), p (K,), rho in [0, 1], best loss
+    "Fit (T, p) and the share probability rho to the consensus counts by Adam, keeping the best iterate of the best start."
+    K, best = len(c[0]), (np.inf, None)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for s0 in starts:
+        x = [init_diag * np.eye(K) - 1, np.zeros(K), np.array(float(s0))]
+        m, v = [np.zeros_like(a) for a in x], [np.zeros_like(a) for a in x]
+        for t in range(1, steps + 1):  # optimiser steps: K^3 work each, nothing per sample
+            loss, *g = share_loss_grad(*x, c)
+            if loss < best[0]: best = (loss, [a.copy() for a in x])
+            for i in range(3):
+                m[i] = b1 * m[i] + (1 - b1) * g[i]; v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i]
+                x[i] = x[i] - lr * (m[i] / (1 - b1 ** t)) / (np.sqrt(v[i] / (1 - b2 ** t)) + eps)
+    loss, (A, b, s) = best
+    return _softmax(A, 1), _softmax(b), float(1 / (1 + np.exp(-s))), float(loss)
+
+
+# %% ../nbs/04_curate.ipynb #5078d0de
+def near_pair_agreement(y: np.ndarray,      # (N,) rated levels
+                        idx: np.ndarray,    # (N, >=1) neighbour indices, nearest first
+                        dist: np.ndarray,   # (N, >=1) cosine distances to them
+                        K: int,             # number of levels
+                        frac: float = 0.02, # share of the samples whose nearest-neighbour pairs are used (the closest ones)
+                        min_pairs: int = 50,  # at least this many pairs
+                        P: np.ndarray | None = None,  # (N, K) distributions instead of hard levels
+                       ) -> tuple[float, np.ndarray, int]:  # agreement in [0, 1], (K,) level mix of those pairs, pairs used
+    "How often the closest (sample, nearest neighbour) pairs of the pool are rated alike."
+    m = int(min(len(y), max(min_pairs, round(frac * len(y)))))
+    o = np.argsort(dist[:, 0], kind='stable')[:m]
+    if P is None:
+        a = float((y[o] == y[idx[o, 0]]).mean())
+        r = np.bincount(np.concatenate([y[o], y[idx[o, 0]]]), minlength=K) / (2 * m)
+    else:
+        a = float((P[o] * P[idx[o, 0]]).sum(1).mean())
+        r = (P[o].sum(0) + P[idx[o, 0]].sum(0)) / (2 * m)
+    return a, r, m
+
+def self_agreement(T: np.ndarray,  # (K, K) transition matrix
+                   q: np.ndarray,  # (K,) distribution of true levels
+                  ) -> float:      # probability in [0, 1]
+    "Probability that two independent ratings of one sample agree: sum_k q_k sum_j T[k, j]^2."
+    return float((q * (T ** 2).sum(1)).sum())
+
+def cap_noise(T: np.ndarray,   # (K, K) transition matrix from HOC
+              r: np.ndarray,   # (K,) rated-level mix of the closest pairs (from `near_pair_agreement`)
+              a: float,        # rating agreement of the closest pairs
+             ) -> tuple[np.ndarray, float]:  # capped T, weight alpha in [0, 1] kept of T (1 = unchanged)
+    "Blend T toward the identity until two ratings of one true level agree at least as often as the closest pairs do."
+    K = len(T)
+    try: q = r @ np.linalg.inv(T)          # true-level mix of the pairs: r = q T
+    except np.linalg.LinAlgError: q = r
+    q = np.clip(q, 0, None); q = q / q.sum() if q.sum() > 0 else np.asarray(r, float)
+    if self_agreement(T, q) >= a: return T, 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(40):   # bisection on alpha: self_agreement grows as T moves toward I
+        al = (lo + hi) / 2
+        if self_agreement(al * T + (1 - al) * np.eye(K), q) >= a: lo = al
+        else: hi = al
+    return lo * T + (1 - lo) * np.eye(K), lo
+
+
+# %% ../nbs/04_curate.ipynb #54af460a
+def share_by_rank(y: np.ndarray,    # (N,) rated levels
+                  idx: np.ndarray,  # (N, m) neighbour indices, nearest first
+                  T: np.ndarray,    # (K, K) transition matrix
+                  p: np.ndarray,    # (K,) prior of true levels
+                  P: np.ndarray | None = None,  # (N, K) distributions instead of hard levels
+                 ) -> np.ndarray:   # (m,) rho_j in [0, 1]
+    "Probability that the j-th neighbour shares the sample's true level, from the pair counts given (T, p)."
+    K, N = len(p), len(y)
+    m1, M2, _ = _moments(T, p)
+    D = M2 - np.outer(m1, m1)
+    A = np.eye(K)[y] if P is None else P.astype(np.float64)
+    c1 = A.mean(0)
+    out = np.empty(idx.shape[1])
+    for j in range(idx.shape[1]):   # one (K, K) count per neighbour rank
+        C = A.T @ A[idx[:, j]] / N
+        out[j] = (((C + C.T) / 2 - np.outer(c1, c1)) * D).sum() / max((D * D).sum(), 1e-12)
+    return np.clip(out, 0, 1)
+
+def neighbour_loglik(y: np.ndarray,      # (N,) rated levels
+                     idx: np.ndarray,    # (N, m) neighbour indices, nearest first
+                     T: np.ndarray,      # (K, K) transition matrix
+                     p: np.ndarray,      # (K,) prior of true levels
+                     rho: np.ndarray,    # (m,) share probability of each neighbour rank
+                     P: np.ndarray | None = None,  # (N, K) distributions instead of hard levels
+                    ) -> np.ndarray:     # (N, K) sum_j log P(rating of neighbour j | true level of the sample = c)
+    "Log-likelihood of the neighbours' ratings for each possible true level of the sample."
+    N, K = len(y), len(p)
+    c1 = p @ T
+    L = np.zeros((N, K))
+    for j in range(idx.shape[1]):   # loop over the k-1 neighbour ranks, vectorised over samples
+        if P is None: Lj = rho[j] * T[:, y[idx[:, j]]].T + (1 - rho[j]) * c1[y[idx[:, j]]][:, None]
+        else:
+            Pj = P[idx[:, j]].astype(np.float64)
+            Lj = rho[j] * Pj @ T.T + (1 - rho[j]) * (Pj @ c1)[:, None]
+        L += np.log(np.maximum(Lj, 1e-300))
+    return L
+
+def _own_lik(y, T, P):
+    return T[:, y].T if P is None else P.astype(np.float64) @ T.T   # (N, K): P(own rating | true c)
+
+def _normalise_log(lp):
+    lp = lp - lp.max(1, keepdims=True)
+    E = np.exp(lp)
+    return E / E.sum(1, keepdims=True)
+
+def fit_temperature(L: np.ndarray,   # (N, K) from `neighbour_loglik`
+                    y: np.ndarray,   # (N,) rated levels
+                    T: np.ndarray,   # (K, K) transition matrix
+                    p: np.ndarray,   # (K,) prior of true levels
+                    P: np.ndarray | None = None,  # (N, K) distributions instead of hard levels
+                    grid: np.ndarray = np.linspace(0.05, 1, 20),  # candidate temperatures
+                    max_rows: int = 50_000,  # fit on at most this many samples (a seeded random subset): one scalar to fit
+                   ) -> float:       # lambda in (0, 1]
+    "The weight lambda of the neighbour evidence that best predicts each sample's own rating from its neighbours alone."
+    if len(y) > max_rows:
+        r = np.sort(np.random.default_rng(0).choice(len(y), max_rows, replace=False))
+        L, y, P = L[r], y[r], None if P is None else P[r]
+    lpri, Y = np.log(np.maximum(p, 1e-300))[None, :], (np.eye(len(p))[y] if P is None else P.astype(np.float64))
+    ll = [np.log(np.maximum(((_normalise_log(lpri + lam * L) @ T) * Y).sum(1), 1e-300)).mean() for lam in grid]
+    return float(grid[int(np.argmax(ll))])
+
+def posterior_levels(L: np.ndarray,  # (N, K) from `neighbour_loglik`
+                     y: np.ndarray,  # (N,) rated levels
+                     T: np.ndarray,  # (K, K) transition matrix
+                     p: np.ndarray,  # (K,) prior of true levels
+                     lam: float,     # weight of the neighbour evidence (`fit_temperature`)
+                     P: np.ndarray | None = None,  # (N, K) distributions instead of hard levels
+                    ) -> np.ndarray:  # (N, K) P(true level = c | own rating, neighbours' ratings), rows sum to 1
+    "Posterior over each sample's true level: prior x own-rating likelihood x tempered neighbour likelihood."
+    return _normalise_log(np.log(np.maximum(p, 1e-300))[None, :] + np.log(np.maximum(_own_lik(y, T, P), 1e-300)) + lam * L)
+
+
 # %% ../nbs/04_curate.ipynb #c9475a16
+LOW_CLUSTERABILITY = 0.6  # below this estimated clusterability, curation warns that neighbours can vouch for few ratings
+
 class ScoreCurator:
-    "DS2 score curation: HOC transition matrix, SimiFeat-rank detection, curated and long-tail scores."
+    "DS2 score curation: noise model (HOC with a share probability), posterior mis-rating detection, curated and long-tail scores."
     def __init__(self,
                  n_scores: int = 6,        # K, number of score levels (scores in [0, K))
                  k: int = 10,              # voters per sample: the sample and its k-1 nearest neighbours
-                 confidence: float = 0.5,  # curated score = suggestion where confidence >= this (paper: 0.5; 0.4 for LLaMA)
-                 hoc_rounds: int = 1,      # HOC: random subsets whose consensus counts are averaged (with sample_size)
-                 sample_size: int | None = None,  # subset size for HOC and detection rounds; None = all samples every round
-                 detect_rounds: int = 51,  # detection rounds (identical when sample_size is None: they only set the counts)
+                 confidence: float = 0.5,  # curated score = suggestion where P(suggested score) >= this (paper: 0.5; 0.4 for LLaMA)
+                 procedure: str = 'posterior',  # 'posterior' (graded, calibrated) or 'reference' (the released code's rank rule over random subsets)
+                 hoc_rounds: int | None = None,  # random subsets whose consensus counts are averaged; None = 1 ('posterior'), 50 ('reference')
+                 sample_size: int | None = None,  # subset size of those rounds; None = all samples ('posterior'), 50,000 ('reference')
+                 detect_rounds: int = 51,  # 'reference' only: detection rounds over random subsets, each with its own k-NN graph
+                 near_pairs: float | None = 0.02,  # share of closest pairs whose agreement caps the noise estimate; None = no cap
+                 transition: np.ndarray | None = None,  # (K, K) known T (e.g. from gold labels); None = estimate it
                  steps: int = 1501,        # Adam steps of the HOC fit
                  lr: float = 0.1,          # Adam learning rate of the HOC fit
-                 require_majority: bool = True,  # flag only samples whose neighbours out-vote their rating (False: pure rank rule)
+                 require_majority: bool = True,  # 'reference' only: flag only samples whose neighbours out-vote their rating
                  random_state: int = 0,    # seed of subsets, tie-breaks and the approximate k-NN search
                  knn_kw: dict | None = None,  # extra arguments of `knn_graph` (exact=..., target_recall=...)
                  longtail_k: int = 10,     # neighbours whose mean distance gives the long-tail score
                 ):
-        self.n_scores, self.k, self.confidence, self.hoc_rounds, self.sample_size = n_scores, k, confidence, hoc_rounds, sample_size
-        self.detect_rounds, self.steps, self.lr, self.random_state, self.knn_kw = detect_rounds, steps, lr, random_state, knn_kw
-        self.require_majority, self.longtail_k = require_majority, longtail_k
+        self.n_scores, self.k, self.confidence, self.procedure = n_scores, k, confidence, procedure
+        self.hoc_rounds, self.sample_size, self.detect_rounds, self.near_pairs = hoc_rounds, sample_size, detect_rounds, near_pairs
+        self.transition, self.steps, self.lr, self.require_majority = transition, steps, lr, require_majority
+        self.random_state, self.knn_kw, self.longtail_k = random_state, knn_kw, longtail_k
 
-    _PARAMS = ('n_scores', 'k', 'confidence', 'hoc_rounds', 'sample_size', 'detect_rounds', 'steps', 'lr',
-               'require_majority', 'random_state', 'knn_kw', 'longtail_k')
+    _PARAMS = ('n_scores', 'k', 'confidence', 'procedure', 'hoc_rounds', 'sample_size', 'detect_rounds', 'near_pairs', 'transition',
+               'steps', 'lr', 'require_majority', 'random_state', 'knn_kw', 'longtail_k')
 
     def get_params(self, deep: bool = True) -> dict: # scikit-learn's signature; nothing nested to go deep into
         "The constructor parameters (scikit-learn's `get_params`)."
@@ -227,18 +400,26 @@ class ScoreCurator:
         def int_ge(name, lo):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: raise _param_error(name, o, f'an int >= {lo}', v)
-        int_ge('n_scores', 2); int_ge('k', 2); int_ge('longtail_k', 1); int_ge('hoc_rounds', 1); int_ge('detect_rounds', 1); int_ge('steps', 1)
+        int_ge('n_scores', 2); int_ge('k', 2); int_ge('longtail_k', 1); int_ge('detect_rounds', 1); int_ge('steps', 1)
+        if self.hoc_rounds is not None: int_ge('hoc_rounds', 1)
         if self.sample_size is not None: int_ge('sample_size', 3)
         if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) or not 0 <= self.confidence <= 1:
             raise _param_error('confidence', o, 'a float in [0, 1]', self.confidence)
         if not isinstance(self.lr, (int, float)) or not self.lr > 0: raise _param_error('lr', o, 'a float > 0', self.lr)
+        if self.procedure not in ('posterior', 'reference'): raise _param_error('procedure', o, "'posterior' or 'reference'", self.procedure)
+        if self.near_pairs is not None and (isinstance(self.near_pairs, bool) or not isinstance(self.near_pairs, (int, float)) or not 0 < self.near_pairs <= 1):
+            raise _param_error('near_pairs', o, 'a float in (0, 1] or None', self.near_pairs)
+        if self.transition is not None:
+            T = np.asarray(self.transition, float)
+            if T.shape != (self.n_scores, self.n_scores) or (T < 0).any() or np.abs(T.sum(1) - 1).max() > 1e-6:
+                raise _param_error('transition', o, f'a ({self.n_scores}, {self.n_scores}) row-stochastic matrix', f'shape {T.shape}')
 
     def fit(self,
             X: np.ndarray,          # (N, d) embeddings, row-aligned with scores
             scores,                 # (N,) int levels in [0, K) or (N, K) distributions
             graph: KNNGraph | None = None,  # precomputed `knn_graph(X, k)` to reuse
            ) -> 'ScoreCurator':
-        "Estimate T and p, detect mis-rated samples, compute curated and long-tail scores."
+        "Estimate T, p and the clusterability, detect mis-rated samples, compute curated and long-tail scores."
         self._validate()
         K, k, t0 = self.n_scores, self.k, time.perf_counter()
         X = np.asarray(X)
@@ -252,54 +433,138 @@ class ScoreCurator:
         idx, dist = graph.indices[:, :k], graph.distances[:, :k]
         self.graph_ = graph
         self.timings_ = {'knn_s': graph.params.get('search_s', 0.0)}
+        self.warnings_ = []
         rng = np.random.default_rng(self.random_state)
         self.longtail_ = longtail_score(graph.distances[:, :self.longtail_k])
-        t = time.perf_counter()
         self.single_level_ = len(np.unique(y)) == 1 and P is None
         if self.single_level_:
             logger.warning("Only one score level (%d) is present: nothing to curate; returning the ratings unchanged.", y[0])
             self.transition_matrix_, self.prior_, self.hoc_loss_ = np.eye(K), np.bincount(y, minlength=K) / N, 0.0
+            self.hoc_transition_matrix_, self.share_, self.share_by_rank_, self.temperature_ = np.eye(K), 1.0, np.ones(k - 1), 0.0
+            self.clusterability_, self.noise_cap_ = 1.0, {}
             self.error_score_ = np.zeros(N); self.error_prob_ = np.zeros(N); self.flagged_ = np.zeros(N, bool)
             self.suggested_ = y.copy(); self.confidence_ = np.zeros(N); self.curated_scores_ = y.copy(); self.rounds_seen_ = np.zeros(N, np.int64)
+            self.flag_fraction_ = np.zeros(K)
             self.timings_.update(hoc_s=0.0, detect_s=0.0, total_s=time.perf_counter() - t0)
             return self
-        # 2a. HOC
-        ss = self.sample_size
-        if ss is None or ss >= N:
-            c = consensus_counts(y, idx, K, P)
+        (self._fit_reference if self.procedure == 'reference' else self._fit_posterior)(X, y, P, idx, dist, rng)
+        self.curated_scores_ = np.where(self.confidence_ >= self.confidence, self.suggested_, y)
+        self.flag_fraction_ = flag_fraction(self.transition_matrix_, self.prior_)
+        if self.clusterability_ < LOW_CLUSTERABILITY:
+            self.warnings_.append(
+                f"Neighbours share a sample's true score only about {self.clusterability_:.0%} of the time here (estimated "
+                f"clusterability {self.clusterability_:.2f}): the embeddings do not group samples by what the rater judges, so "
+                f"neighbours can vouch for few ratings. {int((self.curated_scores_ != y).sum())} of {N} scores were changed; the rest "
+                f"stay as rated. Gold labels (gold=...), more samples or embeddings closer to what is rated would help.")
+        for w in self.warnings_: logger.warning(w)
+        self.timings_['total_s'] = time.perf_counter() - t0
+        return self
+
+    def _consensus(self, y, P, idx, rng, X=None):
+        "Consensus counts: once over all triples, or averaged over random subsets (with X: neighbours recomputed in each)."
+        N, K = len(y), self.n_scores
+        ss = self.sample_size if self.sample_size is not None else (50_000 if X is not None else None)
+        R = self.hoc_rounds or (50 if X is not None else 1)
+        if ss is None or ss >= N: return consensus_counts(y, idx, K, P)
+        cs = []
+        for _ in range(R):  # rounds over random subsets; each fully vectorised
+            m = np.sort(rng.choice(N, ss, replace=False))
+            if X is None: cs.append(consensus_counts(y, idx, K, P, rows=m))
+            else:
+                g = knn_graph(X[m], k=2, seed=self.random_state, **(self.knn_kw or {}))
+                cs.append(consensus_counts(y[m], g.indices, K, None if P is None else P[m]))
+        return tuple(np.mean([ci[r] for ci in cs], 0) for r in range(3))
+
+    def _known_transition(self, y, P):
+        "The given T, and the prior that explains the rated-level mix r = p T."
+        T = np.asarray(self.transition, float)
+        c1 = np.bincount(y, minlength=self.n_scores) / len(y) if P is None else P.mean(0)
+        p = np.clip(np.linalg.lstsq(T.T, c1, rcond=None)[0], 0, None)
+        return T, (p / p.sum() if p.sum() > 0 else c1)
+
+    def _fit_posterior(self, X, y, P, idx, dist, rng):
+        N, K, k = len(y), self.n_scores, self.k
+        t = time.perf_counter()
+        self.noise_cap_ = {}
+        if self.transition is not None:
+            T, p = self._known_transition(y, P)
+            self.share_, self.hoc_loss_, self.hoc_transition_matrix_ = float('nan'), float('nan'), T
         else:
-            cs = [consensus_counts(y, idx, K, P, rows=rng.choice(N, ss, replace=False)) for _ in range(self.hoc_rounds)]
-            c = tuple(np.mean([ci[r] for ci in cs], 0) for r in range(3))
-        self.consensus_ = c
-        T, p, self.hoc_loss_ = fit_transition(c, steps=self.steps, lr=self.lr)
+            T, p, self.share_, self.hoc_loss_ = fit_noise_model(self._consensus(y, P, idx, rng), steps=self.steps, lr=self.lr)
+            self.hoc_transition_matrix_ = T
+            if self.near_pairs is not None:
+                a, r, m = near_pair_agreement(y, idx, dist, K, self.near_pairs, P=P)
+                T, alpha = cap_noise(T, r, a)
+                self.noise_cap_ = {'pairs': m, 'agreement': round(a, 4), 'alpha': round(alpha, 4)}
+                n_hoc, n_cap = 1 - (np.diag(self.hoc_transition_matrix_) * p).sum(), 1 - (np.diag(T) * p).sum()
+                if alpha < 0.5 and n_hoc - n_cap > 0.05:
+                    self.warnings_.append(
+                        f"The consensus of neighbours suggests {n_hoc:.0%} of the ratings "
+                        f"are wrong, but the {m} closest pairs of samples are rated alike {a:.0%} of the time, which bounds the noise: "
+                        f"curation uses the bounded estimate ({n_cap:.0%}). Much of the disagreement between "
+                        f"neighbours comes from neighbours that do not share the true score, not from rating errors.")
         self.transition_matrix_, self.prior_ = T, p
         self.timings_['hoc_s'] = time.perf_counter() - t
-        # 2b. detection
         t = time.perf_counter()
-        v = neighbour_votes(y, idx, dist, K, k, P)
-        vhat_y = v[np.arange(N), y] / np.maximum(np.linalg.norm(v, axis=1), 1e-300)
-        e = -np.log(np.clip(vhat_y, 1e-300, 1.0))
-        other = v.copy(); other[np.arange(N), y] = -np.inf
+        nb = idx[:, :k - 1]
+        self.share_by_rank_ = share_by_rank(y, nb, T, p, P)
+        self.clusterability_ = float(self.share_by_rank_[0] + (1 - self.share_by_rank_[0]) * (p ** 2).sum())
+        L = neighbour_loglik(y, nb, T, p, self.share_by_rank_, P)
+        self.temperature_ = fit_temperature(L, y, T, p, P)
+        post = posterior_levels(L, y, T, p, self.temperature_, P)
+        rows = np.arange(N)
+        own = post[rows, y]
+        post[rows, y] = -1.0
+        self.suggested_ = post.argmax(1)
+        self.confidence_ = post[rows, self.suggested_]
+        post[rows, y] = own
+        self.posterior_ = post.astype(np.float32)
+        self.error_prob_ = 1 - own
+        self.error_score_ = -np.log(np.maximum(own, 1e-300))
+        self.flagged_ = self.error_prob_ >= 0.5
+        self.rounds_seen_ = np.ones(N, np.int64)
+        self.timings_['detect_s'] = time.perf_counter() - t
+
+    def _fit_reference(self, X, y, P, idx, dist, rng):
+        N, K, k = len(y), self.n_scores, self.k
+        t = time.perf_counter()
+        if self.transition is not None:
+            T, p = self._known_transition(y, P)
+            self.hoc_loss_ = float('nan')
+        else:
+            T, p, self.hoc_loss_ = fit_transition(self._consensus(y, P, idx, rng, X=X), steps=self.steps, lr=self.lr)
+        self.transition_matrix_, self.prior_, self.hoc_transition_matrix_, self.share_, self.noise_cap_ = T, p, T, float('nan'), {}
+        self.timings_['hoc_s'] = time.perf_counter() - t
+        t = time.perf_counter()
+        def votes(y_, idx_, dist_, P_):
+            v = neighbour_votes(y_, idx_, dist_, K, k, P_)
+            r_ = np.arange(len(y_))
+            e = -np.log(np.clip(v[r_, y_] / np.maximum(np.linalg.norm(v, axis=1), 1e-300), 1e-300, 1.0))
+            other = v.copy(); other[r_, y_] = -np.inf
+            return e, other, (other.max(1) > v[r_, y_]) if self.require_majority else None
+        e, other, elig = votes(y, idx, dist, P)
         self.suggested_ = other.argmax(1)
         r = flag_fraction(T, p)
-        elig = other.max(1) > v[np.arange(N), y] if self.require_majority else None
-        R = self.detect_rounds
-        if ss is None or ss >= N:
+        R, ss = self.detect_rounds, min(N, self.sample_size or 50_000)
+        if ss >= N:   # every round ranks the whole pool: one ranking, counted R times
             once = _rank_flags(e, y, r, K, np.arange(N), rng, elig)
             n_flag, n_seen = R * once.astype(np.int64), np.full(N, R, np.int64)
         else:
             n_flag, n_seen = np.zeros(N, np.int64), np.zeros(N, np.int64)
-            for _ in range(R):  # rounds over random subsets (the reference's scheme); each fully vectorised
-                m = rng.choice(N, ss, replace=False)
-                n_seen[m] += 1; n_flag[m] += _rank_flags(e, y, r, K, m, rng, elig)
+            for _ in range(R):  # rounds over random subsets, neighbours recomputed inside each (the reference's scheme)
+                m = np.sort(rng.choice(N, ss, replace=False))
+                g = knn_graph(X[m], k=k, seed=self.random_state, **(self.knn_kw or {}))
+                em, _, elm = votes(y[m], g.indices[:, :k], g.distances[:, :k], None if P is None else P[m])
+                n_seen[m] += 1; n_flag[m] += _rank_flags(em, y[m], r, K, np.arange(ss), rng, elm)
         self.error_score_, self.rounds_seen_ = e, n_seen
         self.error_prob_ = (n_flag + 1) / (n_seen + 2)
         self.flagged_ = (self.error_prob_ >= 0.5) & (n_seen > 0)
         self.confidence_ = np.where(n_seen > 0, (n_flag + 1) / (n_flag + K) * self.error_prob_, 0.0)
-        self.curated_scores_ = np.where(self.confidence_ >= self.confidence, self.suggested_, y)
-        self.flag_fraction_ = r
-        self.timings_.update(detect_s=time.perf_counter() - t, total_s=time.perf_counter() - t0)
-        return self
+        self.share_by_rank_ = share_by_rank(y, idx[:, :k - 1], T, p, P)
+        self.clusterability_ = float(self.share_by_rank_[0] + (1 - self.share_by_rank_[0]) * (p ** 2).sum())
+        self.temperature_ = float('nan')
+        self.timings_['detect_s'] = time.perf_counter() - t
+
 
 # %% ../nbs/04_curate.ipynb #fd73ae0e
 _KNN_REPORTED = ('dtype', 'pca_dim', 'candidates', 'nlist', 'nprobe', 'efSearch', 'hnsw_m', 'tuned_recall', 'cost_model_s',
@@ -352,37 +617,90 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 # %% ../nbs/04_curate.ipynb #af8be4dc
+def gold_transition(rated: np.ndarray,   # (G,) rated levels of the gold samples
+                    gold: np.ndarray,    # (G,) their trusted levels
+                    K: int,              # number of levels
+                    prior_T: np.ndarray | None = None,  # (K, K) T to shrink toward (e.g. the HOC estimate); None = identity
+                    strength: float = 5.0,  # pseudo-counts per row given to prior_T
+                   ) -> np.ndarray:      # (K, K) row-stochastic T[i, j] = P(rated j | gold i)
+    "Transition matrix counted on gold samples, each row shrunk toward prior_T by `strength` pseudo-counts."
+    C = np.bincount(gold * K + rated, minlength=K * K).reshape(K, K).astype(float)
+    B = np.eye(K) if prior_T is None else np.asarray(prior_T, float)
+    return (C + strength * B) / (C.sum(1, keepdims=True) + strength)
+
+def _gold_levels(gold, ids, K):
+    "Positions and levels of the gold ids that are among the curated samples."
+    if isinstance(gold, pd.DataFrame): gold = dict(zip(gold['id'].astype(str), gold['score']))
+    if not isinstance(gold, dict): raise ValueError(f"gold must be a dict {{id: true level}} or a DataFrame with id and score columns. Got {type(gold).__name__}.")
+    pos = pd.Index(ids).get_indexer([str(i) for i in gold])
+    lv = np.asarray(list(gold.values()), dtype=float)
+    bad = ~np.isfinite(lv) | (lv != np.round(lv)) | (lv < 0) | (lv >= K)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"gold level of id {list(gold)[i]!r} is {list(gold.values())[i]!r}: gold levels must be integers in [0, {K}).")
+    if (pos < 0).all(): raise ValueError(f"none of the {len(gold)} gold ids is among the curated samples (e.g. {next(iter(gold))!r}).")
+    return pos[pos >= 0], lv[pos >= 0].astype(np.int64), int((pos < 0).sum())
+
+def _gold_report(y, cur, gpos, glev, K, missing):
+    "What curation did on the gold samples, and how the estimated T compares with the one counted on them."
+    ry, cy = y[gpos], cur.curated_scores_[gpos]
+    C = np.bincount(glev * K + ry, minlength=K * K).reshape(K, K).astype(float)
+    n_row = C.sum(1)
+    Tg = np.where(n_row[:, None] > 0, C / np.maximum(n_row[:, None], 1), np.nan)
+    rows = n_row >= 5
+    return {'n': int(len(gpos)), 'not_curated': missing, 'accuracy_before': float((ry == glev).mean()),
+            'accuracy_after': float((cy == glev).mean()), 'changed': int((cy != ry).sum()),
+            'changed_right': int(((cy != ry) & (cy == glev)).sum()), 'changed_wrong': int(((cy != ry) & (ry == glev)).sum()),
+            'noise_gold': float((ry != glev).mean()), 'transition_gold': [[None if np.isnan(v) else round(float(v), 4) for v in r] for r in Tg],
+            'rows_per_level': n_row.astype(int).tolist(),
+            'T_mae_vs_gold': float(np.abs(cur.transition_matrix_ - Tg)[rows].mean()) if rows.any() else None}
+
 def curate_scores(X: np.ndarray,          # (N, d) embeddings, row-aligned with scores
                   scores,                 # (N,) int levels in [0, K) or (N, K) distributions
                   ids=None,               # (N,) sample ids (default '0'..'N-1')
                   graph: KNNGraph | None = None,  # precomputed knn_graph(X, k) to reuse
                   meta: dict | None = None,       # extra provenance stored in params (embedding model, rater, ...)
-                  **kw,                   # ScoreCurator parameters: n_scores, k, confidence, sample_size, ...
+                  gold: dict | None = None,       # {id: trusted level} for some samples (a strong judge, humans); checks T and curation
+                  fit_gold: bool = False,         # also estimate T from the gold samples (shrunk toward the HOC estimate)
+                  **kw,                   # ScoreCurator parameters: n_scores, k, confidence, procedure, sample_size, ...
                  ) -> CurationReport:
     "Curate rated scores with DS2 (the score curation of the DS2 paper, Pang et al., ICLR 2025) and return a `CurationReport`."
     cur = ScoreCurator(**kw).fit(X, scores, graph=graph)
-    N = len(cur.curated_scores_)
+    N, K = len(cur.curated_scores_), cur.n_scores
     ids = [str(i) for i in range(N)] if ids is None else [str(i) for i in ids]
     if len(ids) != N: raise ValueError(f"ids has {len(ids)} entries but there are {N} samples.")
-    y = check_scores(scores, cur.n_scores)[0]
+    y = check_scores(scores, K)[0]
+    if gold is not None:
+        gpos, glev, missing = _gold_levels(gold, ids, K)
+        if fit_gold:
+            Tg = gold_transition(y[gpos], glev, K, prior_T=cur.transition_matrix_)
+            cur = ScoreCurator(**{**kw, 'transition': Tg}).fit(X, scores, graph=cur.graph_)
     frame = pd.DataFrame({'id': ids, 'score': y, 'error_prob': cur.error_prob_, 'flagged': cur.flagged_,
                           'suggested': cur.suggested_.astype(np.int64), 'confidence': cur.confidence_,
                           'curated_score': cur.curated_scores_.astype(np.int64), 'longtail': cur.longtail_,
                           'error_score': cur.error_score_, 'knn_distance': cur.graph_.distances[:, :cur.longtail_k].mean(1).astype(np.float64)})
-    K = cur.n_scores
     g = cur.graph_
-    params = {**cur.get_params(), 'n': N, 'n_unique': g.n_unique, 'soft_scores': np.ndim(scores) == 2,
+    pr = cur.get_params()
+    if pr['transition'] is not None: pr['transition'] = np.round(np.asarray(pr['transition'], float), 6).tolist()
+    params = {**pr, 'n': N, 'n_unique': g.n_unique, 'soft_scores': np.ndim(scores) == 2,
               'single_level': bool(cur.single_level_),
               'knn': {'method': g.method, 'recall': g.recall, **{k: v for k, v in g.params.items() if k in _KNN_REPORTED}},
               'hoc_loss': cur.hoc_loss_, 'timings_s': {k: round(v, 3) for k, v in cur.timings_.items()},
+              'clusterability': round(cur.clusterability_, 4), 'share_by_rank': np.round(cur.share_by_rank_, 4).tolist(),
+              'noise_rate': round(float(1 - (np.diag(cur.transition_matrix_) * cur.prior_).sum()), 4),
+              'noise_rate_hoc': round(float(1 - (np.diag(cur.hoc_transition_matrix_) * cur.prior_).sum()), 4),
+              'noise_cap': cur.noise_cap_, 'temperature': cur.temperature_, 'warnings': list(cur.warnings_),
               'rated_counts': np.bincount(y, minlength=K).tolist(),
               'curated_counts': np.bincount(cur.curated_scores_, minlength=K).tolist(),
               'flagged_per_level': np.bincount(y[cur.flagged_], minlength=K).tolist(),
               'changed': int((cur.curated_scores_ != y).sum()), 'versions': _versions(), **(meta or {})}
     if not cur.single_level_: params['flag_fraction'] = np.round(cur.flag_fraction_, 4).tolist()
+    if gold is not None:
+        params['gold'] = {**_gold_report(y, cur, gpos, glev, K, missing), 'fit_gold': bool(fit_gold)}
     rep = CurationReport(frame, cur.transition_matrix_, cur.prior_, params)
-    logger.info("curated %d samples: %d flagged, %d changed", N, int(cur.flagged_.sum()), params['changed'])
+    logger.info("curated %d samples: %d flagged, %d changed; clusterability %.2f", N, int(cur.flagged_.sum()), params['changed'], cur.clusterability_)
     return rep
+
 
 # %% ../nbs/04_curate.ipynb #b7034bdf
 def plot_transition_matrix(T: np.ndarray,       # (K, K) transition matrix
@@ -414,7 +732,7 @@ def plot_curation(report: CurationReport,  # from `curate_scores`
     axs[1].set_xlabel('score'); axs[1].set_ylabel('samples'); axs[1].legend(fontsize=7); axs[1].set_title('scores', fontsize=9)
     axs[2].hist(f.loc[f['flagged'], 'confidence'], bins=20, range=(0, 1), color='C2')
     axs[2].axvline(report.params.get('confidence', 0.5), color='k', ls='--', lw=1)
-    axs[2].set_xlabel('confidence'); axs[2].set_title(f"flagged: {int(f['flagged'].sum())}", fontsize=9)
+    axs[2].set_xlabel('confidence'); axs[2].set_title(f"flagged: {int(f['flagged'].sum())}, clusterability {report.params.get('clusterability', float('nan')):.2f}", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -461,6 +779,7 @@ def curate_ratings(table: pd.DataFrame,       # rating table (see `scores_from_r
                    emb_dir,                   # embeddings folder (see `llm_curate.embed.save_embeddings`)
                    rater: str | None = None,  # rater to curate
                    soft: bool = False,        # use score_probs when present
+                   gold=None,                 # {id: trusted level} or a table with id, score (see `curate_scores`)
                    **kw,                      # `curate_scores` / `ScoreCurator` parameters
                   ) -> CurationReport:
     "Curate one rater's ok ratings against an embeddings folder."
@@ -470,15 +789,33 @@ def curate_ratings(table: pd.DataFrame,       # rating table (see `scores_from_r
                     f"Embed the same samples you rated (llm_curate embed DATA --out {emb_dir}).", noun='rated ids')
     counts['embedded_not_rated'] = len(emb_ids) - len(ids)
     Xr = np.asarray(X[pos]) if len(pos) else np.zeros((0, 1), np.float32)  # one in-memory copy, in rating order
-    return curate_scores(Xr, s, ids=ids, meta={'rater': rater or (str(table['rater'].iloc[0]) if 'rater' in table.columns and len(table) else None),
+    if isinstance(gold, pd.DataFrame):
+        gids, glev, _ = scores_from_ratings(gold)
+        gold = dict(zip(gids, glev.tolist()))
+    return curate_scores(Xr, s, ids=ids, gold=gold, meta={'rater': rater or (str(table['rater'].iloc[0]) if 'rater' in table.columns and len(table) else None),
                                                       'embedding_model': meta.get('model'), 'ratings': counts}, **kw)
+
+def summary(rep: CurationReport,  # from `curate_scores`
+           ) -> str:               # a few lines for people
+    "What curation found and did, in words: noise, clusterability, changes, gold check, warnings."
+    p, f = rep.params, rep.frame
+    lines = [f"estimated noise {p['noise_rate']:.0%} of ratings; clusterability {p['clusterability']:.2f} (how often the nearest "
+             f"neighbour shares a sample's true score); flagged {int(f['flagged'].sum())}, changed {p['changed']} of {len(f)} "
+             f"(confidence >= {p['confidence']})"]
+    g = p.get('gold')
+    if g: lines.append(f"gold ({g['n']} samples): accuracy {g['accuracy_before']:.3f} -> {g['accuracy_after']:.3f}; "
+                       f"{g['changed_right']} changes right, {g['changed_wrong']} wrong; rating noise on gold {g['noise_gold']:.0%}")
+    lines += [f"warning: {w}" for w in p.get('warnings', [])]
+    return '\n'.join(lines)
 
 def _cmd_curate(args) -> int:
     if len(args.scores) > 1: raise ValueError(f"{len(args.scores)} rating tables given: curate them jointly (llm_curate curate --joint, see llm_curate.multi_rater) or one at a time.")
     if not args.embeddings: raise ValueError("--embeddings is required for single-rater curation (the k-NN graph); only joint curation of several raters works without.")
     table = read_table(args.scores[0], 'rating table (from `llm_curate rate --export`)', required=('id', 'score'))
+    gold = read_table(args.gold, 'gold table (id, score: trusted levels)', required=('id', 'score')) if args.gold else None
     raters = [args.rater] if args.rater else (list(pd.unique(table['rater'].astype(str))) if 'rater' in table.columns else [None])
-    kw = dict(k=args.k, longtail_k=args.longtail_k, confidence=args.confidence, sample_size=args.sample_size, random_state=args.seed, soft=args.soft)
+    kw = dict(k=args.k, longtail_k=args.longtail_k, confidence=args.confidence, procedure=args.procedure, hoc_rounds=args.hoc_rounds, sample_size=args.sample_size,
+              detect_rounds=args.detect_rounds, random_state=args.seed, soft=args.soft, gold=gold, fit_gold=args.fit_gold)
     for r in raters:
         out = Path(args.out) if len(raters) == 1 else Path(args.out) / re.sub(r'[^A-Za-z0-9._-]+', '_', r)
         rep = curate_ratings(table, args.embeddings, rater=r, **kw)
@@ -488,8 +825,7 @@ def _cmd_curate(args) -> int:
             with atomic_write(out / 'curation.png', 'wb') as f: fig.savefig(f, format='png', dpi=80)
         c = rep.params['ratings']
         excl = ', '.join(f'{v} {k}' for k, v in c.get('excluded', {}).items()) or 'none'
-        print(f"{r or 'ratings'}: curated {c['used']} samples (excluded: {excl}); flagged {int(rep.frame.flagged.sum())}, "
-              f"changed {rep.params['changed']} -> {out}")
+        print(f"{r or 'ratings'}: curated {c['used']} samples (excluded: {excl}) -> {out}\n" + summary(rep))
     return 0
 
 def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
@@ -503,9 +839,16 @@ def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
     p.add_argument('--rater', help='curate only this rater (default: each rater in its own sub-folder)')
     p.add_argument('--k', type=int, default=10, help='voters per sample: itself and its k-1 nearest neighbours (default 10)')
     p.add_argument('--longtail-k', type=int, default=10, help='neighbours of the long-tail score (default 10)')
-    p.add_argument('--confidence', type=float, default=0.5, help='confidence threshold for replacing a score (paper: 0.5; 0.4 for LLaMA)')
-    p.add_argument('--sample-size', type=int, help='random-subset size per round (default: all samples)')
+    p.add_argument('--confidence', type=float, default=0.5, help='replace a score where P(suggested score) >= this (default 0.5; paper: 0.4 for LLaMA)')
+    p.add_argument('--procedure', choices=('posterior', 'reference'), default='posterior',
+                   help="'posterior' (default): graded confidence tempered by the estimated clusterability; 'reference': the released code's rank rule over random subsets")
+    p.add_argument('--hoc-rounds', type=int, help='random subsets whose consensus counts are averaged (default: 1 for posterior, 50 for reference)')
+    p.add_argument('--sample-size', type=int, help='size of those subsets (default: all samples for posterior, 50,000 for reference)')
+    p.add_argument('--detect-rounds', type=int, default=51, help='reference procedure: detection rounds over random subsets (default 51)')
+    p.add_argument('--gold', metavar='GOLD', help='table of trusted levels (id, score in 0..K-1) for some samples: checks T and measures curation on them')
+    p.add_argument('--fit-gold', action='store_true', help='also estimate T from the gold samples')
     p.add_argument('--soft', action='store_true', help='use score_probs (logprob ratings) as score distributions')
     p.add_argument('--seed', type=int, default=0, help='random seed')
     p.add_argument('--plots', action='store_true', help='also write curation.png (needs the plots extra)')
     p.set_defaults(func=_cmd_curate)
+

@@ -43,7 +43,13 @@ SCHEMA: dict[str, dict[str, tuple]] = {  # section -> key -> (accepted types, de
               'batch_size': (int, 64, 'texts per batch'),
               'device': ((str, list, type(None)), None, 'device or list of devices'),
               'embeddings': ((str, type(None)), None, 'use a saved embeddings folder instead of embedding')},
-    'curate': {'k': (int, 10, 'voters per sample (itself and k-1 neighbours)'), 'confidence': (_NUM, 0.5, 'confidence threshold for changing a score'),
+    'curate': {'k': (int, 10, 'voters per sample (itself and k-1 neighbours)'), 'confidence': (_NUM, 0.5, 'replace a score where P(suggested score) >= this'),
+               'procedure': (str, 'posterior', "'posterior' (graded, tempered by clusterability) or 'reference' (the released rank rule)"),
+               'hoc_rounds': ((int, type(None)), None, 'random subsets averaged for HOC (null: 1 posterior, 50 reference)'),
+               'sample_size': ((int, type(None)), None, 'size of those subsets (null: all samples posterior, 50,000 reference)'),
+               'detect_rounds': (int, 51, 'reference procedure: detection rounds over random subsets'),
+               'gold': ((str, type(None)), None, 'table of trusted levels (id, score) for some samples: checks T and curation'),
+               'fit_gold': (bool, False, 'estimate T from the gold samples'),
                'random_state': (int, 0, 'seed'), 'options': (dict, {}, 'other ScoreCurator (or MultiRaterCurator) parameters, e.g. longtail_k'),
                'joint': ((bool, type(None)), None, 'curate several raters jointly (multi-rater); null: when the ratings hold several raters'),
                'neighbours': (int, 2, 'joint: nearest neighbours whose ratings are extra views (0: none)')},
@@ -297,11 +303,15 @@ def _stage_curate(cfg, ctx: RunContext) -> str:
         return (f"{p['n']:,} samples curated jointly from {len(raters)} raters (estimated accuracy "
                 + ', '.join(f"{n} {a:.2f}" for n, a in p['rater_accuracy'].items()) + f"); {p['changed']:,} differ from the majority vote")
     if len(raters) > 1: raise ValueError(f"ratings.parquet holds {len(raters)} raters ({list(raters)}) and curate.joint is false: the single-rater curator takes one rater's scores")
-    rep = curate_ratings(r, ctx.run_dir / 'embeddings', k=c['k'], confidence=c['confidence'], random_state=c['random_state'], **c['options'])
+    gold = read_table(c['gold'], 'gold table (id, score: trusted levels)', required=('id', 'score')) if c.get('gold') else None
+    kw = {k: c[k] for k in ('procedure', 'hoc_rounds', 'sample_size', 'detect_rounds', 'fit_gold') if k in c}   # defaults: CONFIG
+    rep = curate_ratings(r, ctx.run_dir / 'embeddings', k=c['k'], confidence=c['confidence'], gold=gold,
+                         random_state=c['random_state'], **kw, **c['options'])
     rep.save(ctx.run_dir / 'curation')
     f, n = rep.frame, rep.params['ratings']
     return (f"{n['used']:,} curated ({n['embedded_not_rated']:,} without an ok rating left out); "
-            f"{int(f['flagged'].sum()):,} flagged, {int((f['curated_score'] != f['score']).sum()):,} scores changed")
+            f"{int(f['flagged'].sum()):,} flagged, {int((f['curated_score'] != f['score']).sum()):,} scores changed; "
+            f"clusterability {rep.params['clusterability']:.2f}")
 
 # %% ../nbs/10_pipeline.ipynb #c861e3f0
 def _selection_stats(sel, frame, extra) -> dict:

@@ -11,8 +11,8 @@ from .data import need
 from .knn import check_embeddings
 
 # %% auto #0
-__all__ = ['make_noisy_scores', 'ordinal_noise', 'empirical_T', 'rater_like_T', 'SyntheticPool', 'synthetic_pool', 'draw_ratings',
-           'kmeans_labels', 'selection_quality']
+__all__ = ['make_noisy_scores', 'ordinal_noise', 'empirical_T', 'lenient_noise', 'noisy_ratings', 'rater_like_T', 'SyntheticPool',
+           'synthetic_pool', 'draw_ratings', 'kmeans_labels', 'selection_quality']
 
 # %% ../nbs/03b_synthetic.ipynb #2fcb0620
 def make_noisy_scores(n: int = 5000,           # number of samples N
@@ -56,6 +56,23 @@ def empirical_T(y: np.ndarray,      # (N,) true scores in [0, K)
     "Fraction of samples of true level i rated j."
     C = np.bincount(y * K + rated, minlength=K * K).reshape(K, K).astype(float)
     return C / np.maximum(C.sum(1, keepdims=True), 1)
+
+# %% ../nbs/03b_synthetic.ipynb #f481e99a
+def lenient_noise(K: int,        # number of levels
+                  eta: float,    # probability that a rating is wrong, in [0, 1]
+                 ) -> np.ndarray:  # (K, K) transition matrix, rows sum to 1
+    "Errors one level off: up with weight 0.7, down with 0.3; at the ends all to the only neighbour."
+    T = (1 - eta) * np.eye(K) + eta * (0.7 * np.eye(K, k=1) + 0.3 * np.eye(K, k=-1))
+    T[0, 1] += 0.3 * eta; T[-1, -2] += 0.7 * eta
+    return T
+
+def noisy_ratings(y: np.ndarray,   # (N,) true levels in [0, K)
+                  T: np.ndarray,   # (K, K) transition matrix, rows sum to 1
+                  seed: int = 0,   # random seed
+                 ) -> np.ndarray:  # (N,) ratings drawn from T[y]
+    "Ratings drawn from the rows of T picked by the true levels."
+    return (np.random.default_rng(seed).random(len(y))[:, None] > np.cumsum(T, 1)[np.asarray(y)]).sum(1).clip(0, len(T) - 1)
+
 
 # %% ../nbs/03b_synthetic.ipynb #60cc2127
 def rater_like_T(n_scores: int = 6,     # K score levels

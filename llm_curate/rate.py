@@ -16,7 +16,8 @@ from .store import _row_from_attempts, content_hash
 __all__ = ['logger', 'BACKENDS', 'PRESETS', 'Rater', 'CallableRater', 'backend_class', 'make_rater', 'BEGIN', 'END', 'DS2_RUBRIC',
            'Rubric', 'cut_middle', 'to_levels', 'PARSER_VERSION', 'STATUSES', 'detect_steering', 'parse_rating',
            'logprob_result', 'probs_from_top_logprobs', 'RATING_COLUMNS', 'RatingStore', 'export_ratings',
-           'write_ratings', 'PRICES', 'price_of', 'iter_samples', 'OpenAIRater', 'OpenAIBatchRater', 'add_cli']
+           'write_ratings', 'StoreError', 'content_hash', 'PRICES', 'price_of', 'iter_samples', 'OpenAIRater',
+           'OpenAIBatchRater', 'add_cli']
 
 # %% ../nbs/01f_rate.ipynb #ff5485b5
 logger = logging.getLogger(__name__)
@@ -24,12 +25,12 @@ logger = logging.getLogger(__name__)
 # %% ../nbs/01f_rate.ipynb #399f7cb7
 from .rubric import BEGIN, END, DS2_RUBRIC, Rubric, cut_middle, to_levels
 from .parse import PARSER_VERSION, STATUSES, detect_steering, parse_rating, logprob_result, probs_from_top_logprobs
-from .store import RATING_COLUMNS, RatingStore, export_ratings, write_ratings
+from .store import RATING_COLUMNS, RatingStore, export_ratings, write_ratings, StoreError, content_hash
 from .prices import PRICES, price_of
 from .data import iter_samples
 _all_ = ['BEGIN', 'END', 'DS2_RUBRIC', 'Rubric', 'cut_middle', 'to_levels', 'PARSER_VERSION', 'STATUSES', 'detect_steering',
          'parse_rating', 'logprob_result', 'probs_from_top_logprobs', 'RATING_COLUMNS', 'RatingStore', 'export_ratings', 'write_ratings',
-         'PRICES', 'price_of', 'iter_samples', 'OpenAIRater', 'OpenAIBatchRater', 'add_cli']
+         'StoreError', 'content_hash', 'PRICES', 'price_of', 'iter_samples', 'OpenAIRater', 'OpenAIBatchRater', 'add_cli']
 
 # %% ../nbs/01f_rate.ipynb #c27731ed
 _LATER = {'OpenAIRater': 'llm_curate.openai_rate', 'OpenAIBatchRater': 'llm_curate.openai_rate', 'add_cli': 'llm_curate.rate_cli'}

@@ -56,7 +56,14 @@ def main(argv: list[str] | None = None,  # arguments (default: `sys.argv[1:]`)
                         format='%(levelname)s %(name)s: %(message)s')
     if not getattr(args, 'func', None):
         p.print_help(); return 2
+    from llm_curate.data import FolderInUse, RunStopped, describe_os_error
     try: return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, ImportError, KeyError) as e:
+    except RunStopped as e:
+        print(f'llm_curate {args.command}: stopped: {e}', file=sys.stderr)
+        return 4
+    except (ValueError, FileNotFoundError, ImportError, KeyError, FolderInUse) as e:
         print(f'llm_curate {args.command}: error: {e}', file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f'llm_curate {args.command}: error: {describe_os_error(e)}', file=sys.stderr)
         return 1

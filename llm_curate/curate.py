@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .data import need, atomic_write, read_table
+from .data import need, atomic_write, atomic_dir, read_table
 from .rubric import DS2_RUBRIC
 from .knn import knn_graph, check_embeddings, KNNGraph
 from .embed import load_embeddings, save_embeddings
@@ -593,12 +593,13 @@ class CurationReport:
 
     def save(self, path,  # folder; created if missing
             ) -> Path:     # the folder
-        "Write report.parquet (per sample) and report.json (T, p, params)."
+        "Write report.parquet (per sample) and report.json (T, p, params) as one set: both replaced together, or neither."
         path = Path(path)
-        with atomic_write(path / 'report.parquet', 'wb') as f: self.frame.to_parquet(f, index=False)
         meta = {'transition_matrix': np.asarray(self.transition_matrix).tolist(), 'prior': np.asarray(self.prior).tolist(),
                 'params': self.params}
-        with atomic_write(path / 'report.json') as f: json.dump(meta, f, indent=1, default=_json_default)
+        with atomic_dir(path) as t:
+            with open(t / 'report.json', 'w', encoding='utf-8') as f: json.dump(meta, f, indent=1, default=_json_default)
+            self.frame.to_parquet(t / 'report.parquet', index=False)
         return path
 
     @classmethod
@@ -759,6 +760,11 @@ def scores_from_ratings(table: pd.DataFrame,   # rating table: id, score, option
         counts['excluded'] = {k: int(v) for k, v in st[st != 'ok'].value_counts().items()}
         t = t[st == 'ok']
     s = pd.to_numeric(t['score'], errors='coerce')
+    inf = np.isinf(s.to_numpy(dtype=float))
+    if inf.any():
+        r = int(np.flatnonzero(inf)[0])
+        raise ValueError(f"The score of sample {str(t['id'].iloc[r])!r} (row {r} of the rating table) is {s.iloc[r]}: a score must be a finite level "
+                         f"0..5 ({int(inf.sum())} rows are infinite). Fix those rows or drop them.")
     if s.isna().any():
         counts.setdefault('excluded', {})['missing_score'] = int(s.isna().sum())
         t, s = t[s.notna()], s[s.notna()]

@@ -4,16 +4,17 @@
 
 # %% ../nbs/00_data.ipynb #9a37eb2d
 from __future__ import annotations
-import contextlib, gzip, hashlib, importlib, io, json, logging, os, tempfile
+import contextlib, errno, gzip, hashlib, importlib, io, json, logging, os, tempfile, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 # %% auto #0
-__all__ = ['logger', 'EXTRAS', 'FORMATS', 'FORMAT_ALIASES', 'ROLES', 'SUFFIXES', 'need', 'atomic_write', 'DataError',
-           'detect_format', 'to_messages', 'render_conversation', 'sample_id', 'iter_records', 'read_table',
-           'sample_ids', 'has_messages', 'sample_messages', 'align_ids', 'LoadStats', 'default_cache_dir',
-           'load_samples', 'save_samples', 'iter_samples', 'add_cli']
+__all__ = ['logger', 'EXTRAS', 'FORMATS', 'FORMAT_ALIASES', 'ROLES', 'SUFFIXES', 'need', 'atomic_write', 'atomic_dir',
+           'FolderInUse', 'folder_lock', 'RunStopped', 'describe_os_error', 'DataError', 'detect_format', 'to_messages',
+           'render_conversation', 'sample_id', 'iter_records', 'read_table', 'sample_ids', 'has_messages',
+           'sample_messages', 'align_ids', 'LoadStats', 'default_cache_dir', 'load_samples', 'save_samples',
+           'iter_samples', 'add_cli']
 
 # %% ../nbs/00_data.ipynb #e8856b1e
 logger = logging.getLogger(__name__)
@@ -62,6 +63,73 @@ def atomic_write(path: str | os.PathLike,  # final file path; its folder is crea
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
+
+# %% ../nbs/00_data.ipynb #96db265c
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, # the artifact folder; its parent is created if missing
+              ):                        # yields the temporary folder to write the files into
+    "Write a multi-file artifact into a temporary folder and swap it for `path` when the block succeeds."
+    import shutil
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        if path.is_dir():
+            for p in path.iterdir():   # files of the folder the new set does not replace stay
+                if not (tmp / p.name).exists(): os.rename(p, tmp / p.name)
+            old = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.old', dir=path.parent))
+            os.rename(path, old / path.name); os.rename(tmp, path); shutil.rmtree(old, ignore_errors=True)
+        else: os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+# %% ../nbs/00_data.ipynb #e391557d
+class FolderInUse(RuntimeError):
+    "Another process holds the lock of a run folder."
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, # the run folder (created if missing)
+                name: str = 'run.lock',    # lock file name inside it
+                what: str = 'run',         # what holds it, for the message ('rating run', 'pipeline run')
+               ):
+    "Hold an exclusive lock on `folder` for the block; raise `FolderInUse` naming the holder when another process has it."
+    import fcntl, socket, sys
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    p = folder / name
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try: h = json.loads(p.read_text() or '{}')
+            except (OSError, ValueError): h = {}
+            since = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(h['started'])) if 'started' in h else '?'
+            raise FolderInUse(f"{folder} is in use by another {what}: pid {h.get('pid', '?')} on {h.get('host', '?')} since {since} "
+                              f"({h.get('command', '?')}). Wait for it to finish, stop it, or use another folder.") from None
+        info = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.time(), 'command': ' '.join(sys.argv)[:300]}
+        os.ftruncate(fd, 0); os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield p
+    finally: os.close(fd)   # closing releases the lock; the file stays (a later holder overwrites it)
+
+# %% ../nbs/00_data.ipynb #5fd18fc3
+class RunStopped(RuntimeError):
+    "A run stopped early on purpose (the endpoint refuses, too many identical failures); re-running the command resumes it."
+
+_OS_FIXES = {errno.ENOSPC: 'the disk is full: free some space (or write elsewhere), then re-run; what was already stored is kept',
+             errno.EDQUOT: 'the disk quota is exhausted: free some space (or write elsewhere), then re-run; what was already stored is kept',
+             errno.EACCES: 'permission denied: fix the permissions or choose a folder this user can write',
+             errno.EPERM: 'operation not permitted: fix the permissions or choose a folder this user can write',
+             errno.EROFS: 'the file system is read-only: choose a writable folder',
+             errno.ENOENT: 'no such file or folder: check the path'}
+
+def describe_os_error(e: OSError, # the error
+                     ) -> str:    # one line: the file(s), what happened, the fix
+    "Word an OS error as the file it concerns, what happened and how to fix it."
+    where = ' -> '.join(str(f) for f in (e.filename, e.filename2) if f) or 'a file'
+    return f"{where}: {_OS_FIXES.get(e.errno, e.strerror or str(e))}"
+
 
 # %% ../nbs/00_data.ipynb #bb304efc
 FORMATS = {  # format name -> keys a record must have
@@ -367,7 +435,7 @@ def _streams(source, split: str | None, on_error: str):
     p = Path(source)
     if p.exists():
         files = _local_files(p)
-        key = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        key = [(str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for f in files for st in [f.stat()]]  # ctime: an edit that puts the mtime back is seen
         return key, [(_stem(f), iter_records(f, 'skip')) for f in files]  # bad lines come through as DataError
     if _kind(p) or str(source).startswith(('.', '/', '~')):
         raise FileNotFoundError(f"{source}: no such file or folder")

@@ -8,7 +8,7 @@ import hashlib, json, logging, os, re, time
 from pathlib import Path
 from typing import Sequence
 import numpy as np
-from .data import need, atomic_write, default_cache_dir, render_conversation, iter_samples
+from .data import need, atomic_write, atomic_dir, default_cache_dir, render_conversation, iter_samples
 
 # %% auto #0
 __all__ = ['logger', 'DEFAULT_MODEL', 'BACKENDS', 'resolve_embed_model', 'EmbeddingCache', 'load_embedder', 'resolve_backend',
@@ -55,11 +55,12 @@ def _slug(name: str) -> str:
     return re.sub(r'[^A-Za-z0-9._-]+', '__', name).strip('_') or 'model'
 
 class EmbeddingCache:
-    "Embeddings of one model on disk, in shards keyed by sample id."
+    "Embeddings of one model (and truncation length) on disk, in shards keyed by a hash of the text."
     def __init__(self, root: str | os.PathLike,  # the cache folder (default: <llm_curate cache>/embeddings)
                  model_name: str,                # model name; one sub-folder per model
+                 max_seq_length: int | None = None, # token limit the texts were embedded with (None = the model's own)
                 ):
-        self.dir = Path(root) / _slug(model_name)
+        self.dir = Path(root) / (_slug(model_name) + (f'@len{int(max_seq_length)}' if max_seq_length else ''))
         self._index: dict[str, tuple[str, int]] | None = None
 
     @property
@@ -103,7 +104,7 @@ class EmbeddingCache:
 _MODELS: dict = {}
 
 def load_embedder(path: str, device: str | None = None, backend: str = 'torch'):
-    "A SentenceTransformer (backend 'torch') or an `OnnxEmbedder` ('onnx-int8') for `path` on `device` (memoised per process)."
+    "A SentenceTransformer (backend 'torch') or an `OnnxEmbedder` ('onnx-int8') for `path` on `device` (memoised per process; callers restore any setting they change)."
     key = (path, device, backend)
     if key not in _MODELS:
         if backend == 'onnx-int8': _MODELS[key] = OnnxEmbedder(onnx_int8_model(path))
@@ -141,34 +142,35 @@ def embed_texts(texts: Sequence[str],       # N texts (e.g. render_conversation(
                 batch_size: int = 64,       # texts per forward pass
                 device: str | list[str] | None = None,  # 'cpu', 'cuda', or a list of devices for a multi-process pool
                 cache_dir: str | os.PathLike | None = None,  # cache root (default <llm_curate cache>/embeddings); False = no cache
-                ids: Sequence[str] | None = None,  # N sample ids keying the cache (default: SHA-1 of each text)
+                ids: Sequence[str] | None = None,  # N sample ids (checked for length only: rows are cached by a hash of their text)
                 progress: bool = True,      # tqdm bar
                 chunk_size: int = 8192,     # texts embedded (and cached) per step
                 max_seq_length: int | None = None,  # truncate texts to this many tokens (default: the model's)
                 backend: str | None = None, # 'torch', 'onnx-int8' (CPU); None: onnx-int8 for the bundled MiniLM on CPU, else torch
                ) -> np.ndarray:             # (N, d) float32, unit-norm rows
-    "Embed texts with sentence-transformers: length-sorted batches, L2-normalised float32 rows, cached by model and id."
+    "Embed texts with sentence-transformers: length-sorted batches, L2-normalised float32 rows, cached by model, length limit and text."
     texts = list(texts)
     bad = next((j for j, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None: raise TypeError(f"texts[{bad}] is {type(texts[bad]).__name__}, not str. Render conversations with llm_curate.data.render_conversation first.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"The 'batch_size' parameter of embed_texts must be an int >= 1. Got {batch_size!r} instead.")
-    ids = [_text_id(t) for t in texts] if ids is None else [str(i) for i in ids]
-    if len(ids) != len(texts): raise ValueError(f"ids has {len(ids)} entries but there are {len(texts)} texts: pass one id per text.")
+    if ids is not None and len(ids) != len(texts): raise ValueError(f"ids has {len(ids)} entries but there are {len(texts)} texts: pass one id per text.")
+    ids = [_text_id(t) for t in texts]   # the cache key: the text itself, so an edited sample or another pool's same id never reuses a row
     path, name = resolve_embed_model(model)
     backend = resolve_backend(backend, model, device)
     if backend != 'torch':
         if isinstance(device, (list, tuple)): raise ValueError(f"backend={backend!r} runs on one CPU process; pass backend='torch' for a device list.")
         name = f'{name}@{backend}'   # its rows are cached apart from the PyTorch model's
-    cache = None if cache_dir is False else EmbeddingCache(Path(cache_dir) if cache_dir else default_cache_dir() / 'embeddings', name)
+    cache = None if cache_dir is False else EmbeddingCache(Path(cache_dir) if cache_dir else default_cache_dir() / 'embeddings', name, max_seq_length)
     uniq = list(dict.fromkeys(ids))
     first_text = dict(zip(ids, texts))
     todo = cache.missing(uniq) if cache is not None else list(range(len(uniq)))
     todo_ids = [uniq[j] for j in todo]
-    logger.info("embed: %d texts, %d distinct ids, %d to embed with %s", len(texts), len(uniq), len(todo_ids), name)
+    logger.info("embed: %d texts, %d distinct, %d to embed with %s", len(texts), len(uniq), len(todo_ids), name)
     fresh = {}
     if todo_ids:
         m = load_embedder(path, None if isinstance(device, (list, tuple)) else device, backend)
+        saved_len = m.max_seq_length   # the model is shared by the process: its own limit is put back below
         if max_seq_length: m.max_seq_length = max_seq_length
         todo_ids.sort(key=lambda i: -len(first_text[i]))          # longest first: batches of similar length
         pool = m.start_multi_process_pool(target_devices=list(device)) if isinstance(device, (list, tuple)) else None
@@ -186,6 +188,7 @@ def embed_texts(texts: Sequence[str],       # N texts (e.g. render_conversation(
                 else: fresh.update(zip(chunk, E))
                 if bar is not None: bar.update(len(chunk))
         finally:
+            m.max_seq_length = saved_len
             if pool is not None: m.stop_multi_process_pool(pool)
             if bar is not None: bar.close()
     X = cache.get(ids) if cache is not None else np.stack([fresh[i] for i in ids]).astype(np.float32)
@@ -279,15 +282,16 @@ def save_embeddings(out: str | os.PathLike,  # folder (created)
                     model: str,              # model name
                     **meta,                  # extra fields for meta.json (e.g. source)
                    ) -> Path:                # the folder
-    "Write embeddings.npy, ids.json and meta.json."
+    "Write embeddings.npy, ids.json and meta.json as one set (all three replaced together, or none)."
     out, X = Path(out), np.asarray(X, np.float32)
     if len(ids) != len(X): raise ValueError(f"{len(ids)} ids for {len(X)} embedding rows: they must be row-aligned.")
-    with atomic_write(out / 'embeddings.npy', 'wb') as f: np.save(f, X)
-    with atomic_write(out / 'ids.json') as f: json.dump([str(i) for i in ids], f)
     from llm_curate import __version__
     info = {'model': model, 'dim': int(X.shape[1]), 'n': int(len(X)),
             'normalized': bool(np.allclose(np.linalg.norm(X[:1000], axis=1), 1, atol=1e-4)), 'llm_curate': __version__, **meta}
-    with atomic_write(out / 'meta.json') as f: json.dump(info, f, indent=1)
+    with atomic_dir(out) as t:
+        with open(t / 'meta.json', 'w', encoding='utf-8') as f: json.dump(info, f, indent=1)
+        with open(t / 'ids.json', 'w', encoding='utf-8') as f: json.dump([str(i) for i in ids], f)
+        with open(t / 'embeddings.npy', 'wb') as f: np.save(f, X); f.flush(); os.fsync(f.fileno())
     return out
 
 def load_embeddings(path: str | os.PathLike,  # folder written by `save_embeddings` / `llm_curate embed`
@@ -385,7 +389,7 @@ def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
     "Add the `embed` subcommand."
     p = sub.add_parser('embed', help='embed samples with a sentence-transformers model',
                        description='Embed every conversation of DATA (rendered as "### role: content" lines) and write OUT/embeddings.npy, '
-                                   'OUT/ids.json and OUT/meta.json. Rows are cached per model and sample id.')
+                                   'OUT/ids.json and OUT/meta.json. Rows are cached per model, length limit and text.')
     p.add_argument('data', metavar='DATA', help='samples: a file or folder (JSONL/JSON/Parquet/CSV) or a hub dataset name')
     p.add_argument('--model', help=f'sentence-transformers model (default {DEFAULT_MODEL}; the bundled MiniLM when offline)')
     p.add_argument('--out', required=True, help='output folder')

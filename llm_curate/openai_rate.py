@@ -4,8 +4,9 @@
 
 # %% ../nbs/01g_openai_rate.ipynb #76d99e59
 from __future__ import annotations
-import asyncio, json, logging, math, os, random, re, sys, threading, time
-from .data import need
+import asyncio, contextlib, json, logging, math, os, random, re, sys, threading, time
+from typing import Callable
+from .data import need, RunStopped
 from .rubric import _approx_tokens
 from .parse import probs_from_top_logprobs
 from .rate import Rater
@@ -101,6 +102,32 @@ def _is_local(url: str | None) -> bool:
 
 _RF_CHAIN = ('json_schema', 'json_object_schema', 'json_object', None)
 
+class _Health:
+    "What the requests of one run say about the endpoint: stop on a fatal answer, N identical failures in a row, or refusals for too long."
+    def __init__(self, max_same: int | None, url: str = ''):
+        self.max_same, self.url, self.stopped, self.reason = max_same, url, False, None
+        self.same, self.last, self.refused_since = 0, None, None
+    def fatal(self, reason: str):
+        if not self.stopped: self.stopped, self.reason = True, reason
+    def ok(self): self.same, self.last, self.refused_since = 0, None, None
+    def failed(self, what: str):
+        key = re.sub(r'\d+(\.\d+)?', '#', what)
+        self.same = self.same + 1 if key == self.last else 1
+        self.last, self.refused_since = key, None
+        if self.max_same and self.same >= self.max_same:
+            self.fatal(f"{self.same} requests in a row to {self.url} failed the same way ({what}): the endpoint seems down or misconfigured. "
+                       "Re-run the same command to resume (stored ratings are kept); --max-consecutive-failures sets the limit.")
+    def refused(self, limit: float, message: Callable):
+        now = time.monotonic()
+        if self.refused_since is None: self.refused_since = now
+        elif now - self.refused_since >= limit: self.fatal(message(now - self.refused_since))
+
+def _first_leaf(eg: BaseException) -> BaseException:
+    "The first real error of an exception group (TaskGroup wraps its tasks' errors)."
+    while isinstance(eg, BaseExceptionGroup):
+        eg = next((x for x in eg.exceptions if not isinstance(x, asyncio.CancelledError)), eg.exceptions[0])
+    return eg
+
 class OpenAIRater(Rater):
     "Rate through an OpenAI-compatible API: async, bounded concurrency, retries honouring Retry-After, RPM/TPM limits, structured output."
     backend = 'openai'
@@ -119,8 +146,12 @@ class OpenAIRater(Rater):
                  temperature: float = 0.0,           # sampling temperature
                  seed: int | None = None,            # sampling seed, where the server supports it
                  extra_body: dict | None = None,     # extra request fields for non-OpenAI servers
+                 give_up_after: float | None = 15.0, # seconds of refused connections (nothing listening) before the run stops; None = never
+                 max_consecutive_failures: int | None = 20, # stop after this many requests in a row failed the same way; None = never
+                 preflight: bool = True,             # one cheap request first: endpoint, key and model
                  **kw):                              # Rater options (rubric, mode, max_reasks, prices, name, ...)
         super().__init__(model, **kw)
+        self.give_up_after, self.max_consecutive_failures, self.preflight = give_up_after, max_consecutive_failures, preflight
         self.base_url, self.api_key_env, self.concurrency, self.rpm, self.tpm = base_url, api_key_env, concurrency, rpm, tpm
         self.timeout, self.max_retries, self.backoff, self.max_backoff = timeout, max_retries, backoff, max_backoff
         self.response_format, self.top_logprobs, self.temperature, self.seed, self.extra_body = response_format, top_logprobs, temperature, seed, extra_body
@@ -131,12 +162,18 @@ class OpenAIRater(Rater):
         if not isinstance(self.concurrency, int) or self.concurrency < 1: raise ValueError(f"The 'concurrency' parameter of {cls} must be an int >= 1. Got {self.concurrency!r} instead.")
         if self.response_format not in ('auto',) + _RF_CHAIN: raise ValueError(f"The 'response_format' parameter of {cls} must be one of 'auto', 'json_schema', 'json_object_schema', 'json_object', None. Got {self.response_format!r} instead.")
         if not isinstance(self.max_retries, int) or self.max_retries < 0: raise ValueError(f"The 'max_retries' parameter of {cls} must be an int >= 0. Got {self.max_retries!r} instead.")
+        if self.max_consecutive_failures is not None and (not isinstance(self.max_consecutive_failures, int) or self.max_consecutive_failures < 1):
+            raise ValueError(f"The 'max_consecutive_failures' parameter of {cls} must be None or an int >= 1. Got {self.max_consecutive_failures!r} instead.")
+        if self.give_up_after is not None and (not isinstance(self.give_up_after, (int, float)) or self.give_up_after < 0):
+            raise ValueError(f"The 'give_up_after' parameter of {cls} must be None or a number of seconds >= 0. Got {self.give_up_after!r} instead.")
+        self._api_key()   # no key for a remote endpoint: say so before anything is created
 
     def _api_key(self) -> str:
         key = os.environ.get(self.api_key_env)
         if key: return key
         if _is_local(self.base_url): return 'no-key-needed'
-        raise RuntimeError(f"No API key: set the environment variable {self.api_key_env} (or name another one with api_key_env=... / --api-key-env).")
+        raise ValueError(f"No API key for {self.base_url or 'the OpenAI API'}: set the environment variable {self.api_key_env} "
+                         "(or name another one with api_key_env=... / --api-key-env).")
 
     def _clients(self, per_client: int = 16) -> list:
         "Async clients: one on aiohttp when the SDK offers it, else httpx clients of at most `per_client` connections (httpx's pool slows down with its size)."
@@ -200,11 +237,63 @@ class OpenAIRater(Rater):
             res['score_probs'] = None if p is None else [float(x) for x in p]
         return res
 
-    async def _call(self, client, params: dict, limiter: _Limiter, est_tokens: int):
-        "One request with retries: (response dict, None) or (None, error message)."
+    @property
+    def url(self) -> str: return (self.base_url or 'https://api.openai.com/v1').rstrip('/')
+
+    def _transport(self, e: Exception) -> tuple:
+        "(kind, reason) of a failed connection: 'refused', 'timeout' or 'connection', worded as what really happened."
+        from urllib.parse import urlparse
+        host, c, seen = urlparse(self.url).netloc or self.url, e, []
+        while c is not None and len(seen) < 12: seen.append(c); c = c.__cause__ or c.__context__
+        if any(isinstance(x, ConnectionRefusedError) for x in seen): return 'refused', f'connection refused by {host} (nothing listening)'
+        if any(isinstance(x, (ConnectionResetError, BrokenPipeError)) for x in seen): return 'connection', f'connection to {host} dropped by the server'
+        osx = next((x for x in seen if isinstance(x, OSError) and not isinstance(x, TimeoutError) and getattr(x, 'errno', None)), None)
+        if osx is not None: return 'connection', f'cannot connect to {host}: {osx}'[:300]
+        if isinstance(e, need('openai', 'rate').APITimeoutError): return 'timeout', f'timed out after {self.timeout:g} s'
+        return 'connection', f'connection error: {e.__cause__ or e}'[:300]
+
+    async def _preflight(self, client):
+        "One cheap request before the run: stop at once on a refused key, an unknown model or an endpoint nobody serves."
         openai, httpx = need('openai', 'rate'), _httpx()
-        err, n = None, 0
-        for attempt in range(self.max_retries + 1):
+        t0, wait = time.monotonic(), 0.5
+        while True:
+            try: raw = await client.get('/models', cast_to=httpx.Response); break
+            except openai.APIStatusError as e:
+                if e.status_code in (401, 403): return self._health.fatal(self._auth_message(e))
+                raw = None; break   # no model list here (404, ...): the ping below tells
+            except openai.APIConnectionError as e:
+                kind, why = self._transport(e)
+                if kind != 'refused' or self.give_up_after is None: return   # the run's own retries deal with it
+                left = self.give_up_after - (time.monotonic() - t0)
+                if left <= 0: return self._health.fatal(self._refused_message(time.monotonic() - t0))
+                await asyncio.sleep(min(wait, left)); wait = min(wait * 2, 4.0)
+        try: ids = [m.get('id') for m in (json.loads(raw.text).get('data') or [])] if raw is not None else []
+        except (ValueError, AttributeError): ids = []
+        if self.model in ids: return
+        try: await client.post('/chat/completions', cast_to=httpx.Response, body={'model': self.model, 'max_tokens': 1,
+                                                                                   'messages': [{'role': 'user', 'content': 'Reply with 1.'}]})
+        except openai.APIStatusError as e:
+            if e.status_code in (401, 403): self._health.fatal(self._auth_message(e))
+            if e.status_code == 404 or 'model' in str(getattr(e, 'message', '')).lower() and e.status_code in (400, 422):
+                self._health.fatal(f"{self.url} does not serve the model {self.model!r} (HTTP {e.status_code}: {str(getattr(e, 'message', e))[:200]})"
+                                   + (f"; it serves {', '.join(map(str, ids[:8]))}" if ids else '') + ". Fix --rater (the model name the endpoint knows) or --base-url.")
+        except openai.APIConnectionError: pass
+
+    def _auth_message(self, e) -> str:
+        return (f"{self.url} refused the API key (HTTP {e.status_code}: {str(getattr(e, 'message', e))[:200]}). "
+                f"Set {self.api_key_env} to a valid key, or name the variable that holds it with --api-key-env.")
+
+    def _refused_message(self, seconds: float) -> str:
+        return (f"nothing is listening at {self.url} (connection refused for {seconds:.0f} s). Start the server or fix --base-url, "
+                f"then re-run (stored ratings are kept); --give-up-after sets how long to wait.")
+
+    async def _call(self, client, params: dict, limiter: _Limiter, est_tokens: int):
+        "One request with retries: (response dict, None) or (None, error message); (None, None) once the run has stopped."
+        openai, httpx = need('openai', 'rate'), _httpx()
+        err, n, attempt = None, 0, 0
+        health = self._health
+        while attempt <= self.max_retries:
+            if health.stopped: return None, None
             n = attempt + 1
             await limiter.acquire(est_tokens)
             wait = None
@@ -214,6 +303,7 @@ class OpenAIRater(Rater):
                 limiter.observe(raw.headers)
                 d = json.loads(raw.text)
                 if not isinstance(d, dict) or not d.get('choices'): raise ValueError(f'not a chat completion: {raw.text[:80]!r}')
+                health.ok()
                 return d, None
             except openai.APIStatusError as e:
                 code, headers = e.status_code, getattr(e.response, 'headers', None)
@@ -226,19 +316,31 @@ class OpenAIRater(Rater):
                     params = {k: v for k, v in params.items() if k != 'response_format'}
                     if rf: params['response_format'] = rf
                     continue
+                if code in (401, 403): health.fatal(self._auth_message(e)); return None, None
+                if code == 404: health.fatal(f"{self.url} answered HTTP 404 for the model {self.model!r} ({msg[:200]}). Fix --rater or --base-url."); return None, None
                 if code == 429: limiter.cooldown(wait if wait is not None else min(self.max_backoff, self.backoff * 2 ** attempt))
                 elif code < 500 and code not in (408, 409): return None, err
-            except openai.APITimeoutError: err = f'timed out after {self.timeout:g} s'
-            except openai.APIConnectionError as e: err = f'connection error: {e.__cause__ or e}'[:300]
-            except (ValueError, KeyError, TypeError, AttributeError) as e: err = f'malformed response: {type(e).__name__}: {e}'[:300]
+                else: health.failed(f'HTTP {code}: {msg[:120]}')
+            except openai.APIConnectionError as e:   # APITimeoutError included: what happened is read off the cause
+                kind, err = self._transport(e)
+                if kind == 'refused' and self.give_up_after is not None:
+                    health.refused(self.give_up_after, self._refused_message)
+                    await asyncio.sleep(min(4.0, self.backoff * 2 ** min(attempt, 3)) * random.uniform(0.5, 1.0))
+                    continue   # refused connections are waited out for give_up_after seconds, not counted as attempts
+                health.failed(err)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                err = f'malformed response: {type(e).__name__}: {e}'[:300]; health.failed('malformed response')
+            if health.stopped: return None, None
             if attempt == self.max_retries: break
             delay = wait * random.uniform(1.0, 1.2) if wait is not None else min(self.max_backoff, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.0)
             await asyncio.sleep(delay)
+            attempt += 1
         return None, f'{err} (gave up after {n} attempts)'
 
     async def _acomplete(self, client, req: dict, limiter: _Limiter) -> dict:
         est = sum(_approx_tokens(str(m.get('content', ''))) for m in req['messages']) + req['max_tokens']
         d, err = await self._call(client, self._params(req), limiter, est)
+        if d is None and err is None: return {'key': req['key'], 'stopped': True}
         if d is None: return {'key': req['key'], 'text': None, 'score_probs': None, 'error': err, 'prompt_tokens': 0, 'completion_tokens': 0, 'truncated': False}
         try: return self._result(req, d)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -251,18 +353,28 @@ class OpenAIRater(Rater):
                 req = job['request']
                 while req is not None:
                     res = await self._acomplete(client, req, limiter)
+                    if res.get('stopped'): return   # the run stopped: this sample stays unrated, a re-run asks it
                     req = self._next(job, res)
                 self._finish(job, store, bar)
+                if self._health.stopped: return
         try:
-            async with asyncio.TaskGroup() as tg:
-                for i in range(self.concurrency): tg.create_task(worker(clients[i % len(clients)]))
+            if self.preflight: await self._preflight(clients[0])
+            if not self._health.stopped:
+                async with asyncio.TaskGroup() as tg:
+                    for i in range(self.concurrency): tg.create_task(worker(clients[i % len(clients)]))
+        except BaseExceptionGroup as eg:   # a worker's error (the store, ...) as itself, not wrapped
+            raise _first_leaf(eg) from None
         finally:
             for c in clients: await c.close()
 
-    def _run(self, jobs, store, bar): _run_coro(self._arun(jobs, store, bar))
+    def _run(self, jobs, store, bar):
+        self._health = _Health(self.max_consecutive_failures, self.url)
+        _run_coro(self._arun(jobs, store, bar))
+        if self._health.stopped: raise RunStopped(self._health.reason)
 
     def _gather(self, items: list, fn) -> list:
         "Run `await fn(client, item, limiter)` over `items`, at most `concurrency` at once; results in order."
+        self._health = _Health(None)
         async def go():
             clients, limiter = self._clients(), _Limiter(self.rpm, self.tpm)
             sem = asyncio.Semaphore(self.concurrency)
@@ -306,7 +418,8 @@ class OpenAIBatchRater(OpenAIRater):
     def _meta_key(self) -> str: return f'batches/{self.rater_id}/{self.rubric.version}'
 
     def _submit(self, client, store, jobs: list) -> list:
-        "Upload and create batches for `jobs`; the ids are stored at once. Returns the new batch ids."
+        "Upload and create batches for `jobs`: the intent (a tag, also put in the batch metadata) is stored before the create, the id at once after. Returns [(batch id, sample ids)]."
+        import uuid
         ids = []
         for s in range(0, len(jobs), self.max_batch_requests):
             chunk = jobs[s:s + self.max_batch_requests]
@@ -314,12 +427,37 @@ class OpenAIBatchRater(OpenAIRater):
                                         'body': {k: v for k, v in self._params(j['request']).items() if k != 'extra_body'} | (self.extra_body or {})}) + '\n'
                             for j in chunk)
             f = client.files.create(file=('ratings.jsonl', lines.encode('utf-8')), purpose='batch')
+            tag = f'llm_curate-{uuid.uuid4().hex[:16]}'
+            store.update_meta(self._meta_key(), lambda v: (v or []) + [{'tag': tag, 'id': None, 'file': f.id}], [])   # intent first: a kill after the create finds it
             b = client.batches.create(input_file_id=f.id, endpoint='/v1/chat/completions', completion_window=self.completion_window,
-                                      metadata={'rater': self.rater_id, 'rubric': self.rubric.version})
-            store.set_meta(self._meta_key(), store.get_meta(self._meta_key(), []) + [b.id])
+                                      metadata={'rater': self.rater_id, 'rubric': self.rubric.version, 'llm_curate_tag': tag})
+            store.update_meta(self._meta_key(), lambda v: [{**e, 'id': b.id} if isinstance(e, dict) and e.get('tag') == tag else e for e in (v or [])], [])
             logger.info('created batch %s with %d requests', b.id, len(chunk))
-            ids.append(b.id)
+            ids.append((b.id, [j['id'] for j in chunk]))
         return ids
+
+    def _reconcile(self, client, store) -> list:
+        "Stored batch ids; an intent recorded without its id is matched by its tag against the provider's batch list (or dropped if never created)."
+        entries = store.get_meta(self._meta_key(), [])
+        open_tags = {e['tag'] for e in entries if isinstance(e, dict) and not e.get('id')}
+        found = {}
+        if open_tags:
+            for b in client.batches.list(limit=100):   # the SDK pages through every batch of the account, newest first
+                tag = (getattr(b, 'metadata', None) or {}).get('llm_curate_tag')
+                if tag in open_tags: found[tag] = b.id
+                if len(found) == len(open_tags): break
+            for t in open_tags - set(found): logger.info('batch intent %s was never created: its samples are submitted again', t)
+        def fix(v):
+            out = []
+            for e in v or []:
+                if not isinstance(e, dict): out.append({'tag': None, 'id': e})
+                elif e.get('id'): out.append(e)
+                elif e['tag'] in found: out.append({**e, 'id': found[e['tag']]})
+            return out
+        return [e['id'] for e in store.update_meta(self._meta_key(), fix, [])]
+
+    def _forget(self, store, bid: str):
+        store.update_meta(self._meta_key(), lambda v: [e for e in (v or []) if (e.get('id') if isinstance(e, dict) else e) != bid], [])
 
     def _collect(self, client, b) -> dict:
         "custom_id -> result-or-error dict for a finished batch."
@@ -340,7 +478,7 @@ class OpenAIBatchRater(OpenAIRater):
     def _run(self, jobs, store, bar):
         client = self._sync_client()
         todo = {j['id']: j for j in jobs}
-        pending = list(store.get_meta(self._meta_key(), []))
+        pending = self._reconcile(client, store)
         waiting = {}   # batch id -> sample ids it covers
         for bid in pending:   # resume: batches created by an earlier run
             b = client.batches.retrieve(bid)
@@ -348,7 +486,7 @@ class OpenAIBatchRater(OpenAIRater):
             waiting[bid] = [s for s in sids if s in todo]
         covered = {s for v in waiting.values() for s in v}
         new = [j for s, j in todo.items() if s not in covered]
-        for bid in self._submit(client, store, new) if new else []: waiting[bid] = None
+        for bid, sids in self._submit(client, store, new) if new else []: waiting[bid] = sids
         while waiting:
             for bid in list(waiting):
                 b = client.batches.retrieve(bid)
@@ -370,10 +508,10 @@ class OpenAIBatchRater(OpenAIRater):
                 for sid in (covers or []):   # resumed batch: samples with no line at all
                     if sid in todo and sid not in {j['id'] for j in reask}:
                         j = todo.pop(sid); self._next(j, {'text': None, 'error': f'missing from the output of batch {bid} (status {b.status})'}); self._finish(j, store, bar)
-                store.set_meta(self._meta_key(), [x for x in store.get_meta(self._meta_key(), []) if x != bid])
+                self._forget(store, bid)
                 for j in reask: todo[j['id']] = j
                 if reask:
-                    for nb in self._submit(client, store, reask): waiting[nb] = [j['id'] for j in reask]
+                    for nb, sids in self._submit(client, store, reask): waiting[nb] = sids
             if waiting: time.sleep(self.poll_interval)
         for sid, j in list(todo.items()):   # submitted in a new batch but absent from its output
             self._next(j, {'text': None, 'error': 'missing from the batch output'}); self._finish(j, store, bar)

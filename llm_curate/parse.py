@@ -132,6 +132,7 @@ def logprob_result(probs_raw,                  # (raw_max - raw_min + 1,) probab
 def probs_from_top_logprobs(steps: list,            # per generated position: {token: logprob} of the top alternatives
                             generated: list | None = None, # the tokens actually generated (to know whether step 2 follows "1")
                             rubric: Rubric = DS2_RUBRIC, # its raw scale gives the score tokens
+                            after_one: dict | None = None, # {token: logprob} at the position after a "1" when the answer did not take that path
                            ):                        # (n,) probabilities over raw_min..raw_max (unnormalised), or None
     "Read the rating distribution off OpenAI-style top logprobs, splitting '1' into 1 and 10 when the tokenizer splits '10'."
     if not steps: return None
@@ -144,8 +145,10 @@ def probs_from_top_logprobs(steps: list,            # per generated position: {t
     if not first: return None
     for v, pr in first.items(): p[v - rubric.raw_min] += pr
     two_digit = [v for v in range(max(rubric.raw_min, 10), rubric.raw_max + 1)]
-    if two_digit and 1 in first and 10 not in first and len(steps) > 1 and generated and str(generated[0]).strip() == '1':
-        p0 = sum(math.exp(lp) for t, lp in steps[1].items() if str(t).strip() == '0')
-        p[10 - rubric.raw_min] += first[1] * p0
-        p[1 - rubric.raw_min] -= first[1] * p0
+    if two_digit and 1 in first and 10 not in first:   # "1" may be the start of "10" (a digit-splitting tokenizer)
+        nxt = after_one if after_one is not None else steps[1] if len(steps) > 1 and generated and str(generated[0]).strip() == '1' else None
+        if nxt is not None:   # else the answer took another path and P("0" | "1") is unknown: backends that can, pass after_one
+            p0 = sum(math.exp(lp) for t, lp in nxt.items() if str(t).strip() == '0')
+            p[10 - rubric.raw_min] += first[1] * p0
+            p[1 - rubric.raw_min] -= first[1] * p0
     return p

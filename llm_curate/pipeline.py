@@ -4,12 +4,12 @@
 
 # %% ../nbs/10_pipeline.ipynb #628142f2
 from __future__ import annotations
-import copy, difflib, hashlib, json, logging, os, time
+import copy, difflib, hashlib, json, logging, os, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 import numpy as np
-from .data import atomic_write, read_table
+from .data import atomic_write, atomic_dir, read_table
 
 # %% auto #0
 __all__ = ['logger', 'SCHEMA', 'OPTIONAL_SECTIONS', 'TOP_KEYS', 'STAGES', 'WEAK_JUDGE_NOTE', 'CALIBRATION_NOTE', 'DEMO_COMPARE',
@@ -36,7 +36,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {  # section -> key -> (accepted types, de
              'concurrency': ((int, type(None)), None, 'requests in flight (API backends)'),
              'batch_size': ((int, type(None)), None, 'prompts per forward pass (local backends)'),
              'max_sample_tokens': ((int, type(None)), None, 'cut longer samples in the middle to this many tokens'),
-             'options': (dict, {}, 'extra keyword arguments for the rater'),
+             'options': (dict, {}, 'extra keyword arguments for the rater (e.g. give_up_after, max_consecutive_failures)'),
+             'reask_unparsed': (bool, False, 're-ask samples an earlier run stored as unparsed (failed ones are always retried)'),
              'calibrate': ((str, type(None)), None, "'quantile': bin the expected rating into equal-count levels (for weak judges whose ratings collapse)"),
              'scores': ((str, list, type(None)), None, 'use existing ratings (Parquet/CSV with id, score) instead of rating; a list of files = several raters')},
     'embed': {'model': ((str, type(None)), None, 'sentence-transformers model; the bundled MiniLM when null and offline'),
@@ -79,6 +80,32 @@ def _unknown(key: str, known, where: str) -> str:
 
 def _looks_like_path(s: str) -> bool:
     return s.startswith(('.', '/', '~')) or s.endswith(('.json', '.jsonl', '.parquet', '.csv', '.gz', '.npy'))
+
+def _one_of(where: str, value, known) -> list:
+    "A problem line when `value` is not among `known` (with a did-you-mean), else nothing."
+    if value is None or value in known: return []
+    near = difflib.get_close_matches(str(value), list(known), n=1)
+    return [f"{where}: unknown {value!r}" + (f" (did you mean {near[0]!r}?)" if near else f" (known: {', '.join(sorted(known))})")]
+
+def _check_names(out: dict, base: Path) -> list:
+    "Names and paths of every stage that a run would only meet later: methods, backends, formats, models, tasks."
+    from llm_curate.select import METHODS
+    from llm_curate.data import FORMATS, FORMAT_ALIASES
+    from llm_curate.evaluate import BENCHMARKS
+    from llm_curate.rate import BACKENDS
+    s, r, d = out.get('select', {}), out.get('rate', {}), out.get('data', {})
+    problems = _one_of('select.method', s.get('method'), METHODS)
+    for m in s.get('compare') or []: problems += _one_of('select.compare', m, METHODS)
+    problems += _one_of('rate.backend', r.get('backend'), [b for b in BACKENDS if b != 'function'])
+    problems += _one_of('data.format', d.get('format'), list(FORMATS) + list(FORMAT_ALIASES))
+    for t in (out.get('evaluate') or {}).get('tasks') or []: problems += _one_of('evaluate.tasks', t, BENCHMARKS)
+    for sec, key in (('finetune', 'base_model'), ('embed', 'model')):
+        v = (out.get(sec) or {}).get(key)
+        if isinstance(v, str) and v.startswith(('.', '/', '~')):
+            p = (base / v).expanduser()
+            if not p.exists(): problems.append(f"{sec}.{key}: not found: {p} (a local model folder, or a hub id such as 'org/name')")
+            else: out[sec][key] = str(p)
+    return problems
 
 def validate_config(cfg: dict,               # the parsed config
                     base: Path | None = None, # folder relative paths are resolved against (the config file's)
@@ -135,6 +162,7 @@ def validate_config(cfg: dict,               # the parsed config
     b = out.get('select', {}).get('budget')
     if isinstance(b, _NUM) and not isinstance(b, bool) and (b <= 0 or (b >= 1 and b != int(b))):
         problems.append(f"select.budget: expected a fraction in (0, 1) or a whole number of samples, got {b!r}")
+    problems += _check_names(out, base)
     if problems:
         raise ValueError(f"The config has {len(problems)} problem{'s' * (len(problems) > 1)}:\n  - " + '\n  - '.join(problems))
     if 'run_dir' in out: out['run_dir'] = str((base / out['run_dir']).expanduser())
@@ -145,9 +173,9 @@ def _hash_json(obj) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
 def hash_path(path: str | os.PathLike,  # a file or a folder
-              known: dict | None = None, # previous {relpath: [size, mtime_ns, hash]} to reuse for unchanged files
-             ) -> tuple[str, dict]:      # (hash of the whole artifact, {relpath: [size, mtime_ns, hash]})
-    "Content hash of a file or folder, reusing hashes of files whose size and mtime are unchanged."
+              known: dict | None = None, # previous {relpath: [size, mtime_ns, hash, ctime_ns]} to reuse for unchanged files
+             ) -> tuple[str, dict]:      # (hash of the whole artifact, {relpath: [size, mtime_ns, hash, ctime_ns]})
+    "Content hash of a file or folder, reusing hashes of files whose size, mtime and ctime are unchanged."
     path = Path(path); known = known or {}
     files = sorted(p for p in path.rglob('*') if p.is_file()) if path.is_dir() else [path]
     table = {}
@@ -155,11 +183,12 @@ def hash_path(path: str | os.PathLike,  # a file or a folder
         rel = str(f.relative_to(path)) if path.is_dir() else f.name
         st = f.stat()
         prev = known.get(rel)
-        if prev and prev[0] == st.st_size and prev[1] == st.st_mtime_ns: table[rel] = prev; continue
+        if prev and len(prev) > 3 and prev[0] == st.st_size and prev[1] == st.st_mtime_ns and prev[3] == st.st_ctime_ns:
+            table[rel] = prev; continue   # ctime cannot be set back by hand: a same-size edit with the mtime restored is seen
         h = hashlib.blake2b(digest_size=16)
         with open(f, 'rb') as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b''): h.update(chunk)
-        table[rel] = [st.st_size, st.st_mtime_ns, h.hexdigest()]
+        table[rel] = [st.st_size, st.st_mtime_ns, h.hexdigest(), st.st_ctime_ns]
     return _hash_json({k: v[2] for k, v in table.items()}), table
 
 # %% ../nbs/10_pipeline.ipynb #25935451
@@ -170,18 +199,20 @@ class Manifest:
         self.stages = json.loads(self.path.read_text())['stages'] if self.path.exists() else {}
 
     def done(self, stage: str, key: str, run_dir: Path) -> bool:
-        "Is `stage` recorded with this key and are its outputs still there, unchanged?"
+        "Is `stage` recorded complete (not partial) with this key and are its outputs still there, unchanged?"
         rec = self.stages.get(stage)
-        if not rec or rec['key'] != key: return False
+        if not rec or rec['key'] != key or rec.get('partial'): return False
         for rel, info in rec['outputs'].items():
             p = run_dir / rel
             if not p.exists() or hash_path(p, info['files'])[0] != info['hash']: return False
         return True
 
-    def record(self, stage: str, key: str, outputs: dict, seconds: float, summary: str = ''):
-        "Record a finished stage and save the manifest."
+    def record(self, stage: str, key: str, outputs: dict, seconds: float, summary: str = '',
+               partial: str | None = None): # what is left to do when the stage finished only in part ('52 failed, will retry')
+        "Record a finished (or partial) stage and save the manifest."
         self.stages[stage] = {'key': key, 'outputs': outputs, 'seconds': round(seconds, 2), 'summary': summary,
                               'finished_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+        if partial: self.stages[stage]['partial'] = partial
         with atomic_write(self.path) as f: json.dump({'version': 1, 'stages': self.stages}, f, indent=1)
 
     def output_hash(self, stage: str) -> str | None:
@@ -216,12 +247,19 @@ class RunContext:
         return self.cache['samples']
 
 # %% ../nbs/10_pipeline.ipynb #d891e999
+_SOURCE_HASHES: dict = {}   # (path, size, mtime, ctime, inode) -> content hash, for one process
+
 def _source_fingerprint(cfg):
+    "The content hashes of the files the load stage reads (a hub name as is)."
     src = Path(cfg['data']['source'])
     if not src.exists(): return {'hub': cfg['data']['source']}
     from llm_curate.data import _local_files   # the files load_samples reads, so other files in the folder change nothing
-    files = _local_files(src)
-    return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    out = []
+    for f in _local_files(src):
+        st = f.stat(); k = (str(f), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        if k not in _SOURCE_HASHES: _SOURCE_HASHES[k] = hash_path(f)[0]
+        out.append((str(f), _SOURCE_HASHES[k]))
+    return out
 
 def _stage_load(cfg, ctx: RunContext) -> str:
     from llm_curate.data import load_samples, save_samples
@@ -266,12 +304,15 @@ def _stage_rate(cfg, ctx: RunContext) -> str:
         from llm_curate.rate import make_rater
         kw = {k: c[k] for k in ('mode', 'max_sample_tokens', 'base_url', 'api_key_env', 'concurrency', 'batch_size') if c[k] is not None}
         rater = make_rater(c['backend'], c['rater'], **{**kw, **c['options']})
-        table = rater.rate(ds, out=ctx.run_dir / 'rating', progress=ctx.progress)
+        table = rater.rate(ds, out=ctx.run_dir / 'rating', progress=ctx.progress, reask_unparsed=c['reask_unparsed'])
     if c['calibrate'] == 'quantile': table = quantile_levels(table)
     with atomic_write(ctx.run_dir / 'ratings.parquet', 'wb') as f: table.to_parquet(f, index=False)
     counts = table['status'].value_counts().to_dict()
-    return (f"{len(table):,} ratings: " + ', '.join(f"{n:,} {k}" for k, n in sorted(counts.items())) +
-            ('; levels from quantiles of the expected rating' if c['calibrate'] else ''))
+    missing = len(ds) - len(table)
+    summary = (f"{len(table):,} ratings: " + ', '.join(f"{n:,} {k}" for k, n in sorted(counts.items())) +
+               ('; levels from quantiles of the expected rating' if c['calibrate'] else ''))
+    failed = counts.get('failed', 0) + missing
+    return summary, (f"{failed:,} failed, will retry" if failed and not c['scores'] else None)
 
 def _stage_embed(cfg, ctx: RunContext) -> str:
     from llm_curate.embed import embed_samples, load_embeddings, save_embeddings, resolve_embed_model
@@ -342,9 +383,10 @@ def _stage_select(cfg, ctx: RunContext) -> str:
     pool = ds.filter(lambda b: [i in rated for i in b['id']], batched=True) if len(rated) < len(ds) else ds
     pos = {i: n for n, i in enumerate(ids)}
     Xp = X[[pos[i] for i in pool['id']]]
-    b = c['budget']
+    b, lack = c['budget'], len(ds) - len(pool)
     if b >= 1 and b > len(pool):
-        logger.warning("select.budget %s is larger than the %d rated samples: taking all of them", b, len(pool)); b = len(pool)
+        raise ValueError(f"select.budget: {b:g} samples asked but only {len(pool):,} of the pool's {len(ds):,} have an ok rating"
+                         + (f" ({lack:,} lack one: re-run to retry the failed ratings, or lower the budget)" if lack else ''))
     budget = _budget(b, len(pool), c['method'])
     frame = rep.frame.set_index('id')
     g = _group_column(pool)
@@ -354,12 +396,12 @@ def _stage_select(cfg, ctx: RunContext) -> str:
     for m in [c['method']] + [x for x in c['compare'] if x != c['method']]:
         sel = select(pool, m, budget, report=rep, X=Xp, seed=c['seed'], **(c['options'] if m == c['method'] else {}))
         d = ctx.run_dir / ('selection' if m == c['method'] else f'selections/{m}')
-        d.mkdir(parents=True, exist_ok=True)
-        sel.save(d / 'subset.jsonl')
+        with atomic_dir(d) as t: sel.save(t / 'subset.jsonl')   # the subset and its manifest change together
         stats.append(_selection_stats(sel, frame, groups))
     with atomic_write(ctx.run_dir / 'comparison.json') as f:
         json.dump({'budget': budget, 'pool': len(pool), 'group_column': g, 'methods': stats}, f, indent=1)
-    return f"{budget:,} of {len(pool):,} selected by {c['method']}" + (f"; compared with {', '.join(c['compare'])}" if c['compare'] else '')
+    return (f"{budget:,} of {len(pool):,} selected by {c['method']}" + (f"; compared with {', '.join(c['compare'])}" if c['compare'] else '')
+            + (f"; {lack:,} of the pool's {len(ds):,} samples lack an ok rating and were not candidates" if lack else ''))
 
 def _stage_finetune(cfg, ctx: RunContext) -> str:
     from llm_curate.finetune import finetune
@@ -410,6 +452,11 @@ class PlanStep:
     reason: str    # why
     key: str       # the stage's input hash
 
+def _summary(res) -> tuple:
+    "A stage function's result as (summary, pending): it returns a summary, or (summary, what is left to retry)."
+    if isinstance(res, tuple): return str(res[0] or ''), (res[1] or None)
+    return str(res or ''), None
+
 class Pipeline:
     "A validated config, its run folder and its stages."
     def __init__(self, config: dict | str | os.PathLike, # a config mapping, or a YAML/JSON file
@@ -442,6 +489,7 @@ class Pipeline:
             rec = manifest.stages.get(s.name)
             if s.name in force: why = 'forced'
             elif rec is None: why = 'not run yet'
+            elif rec.get('partial'): why = f"{s.name}: {rec['partial']}"
             elif any(d in changed for d in s.deps): why = f"inputs may change ({', '.join(d for d in s.deps if d in changed)})"
             elif rec['key'] != key: why = 'config changed'
             elif not manifest.done(s.name, key, self.run_dir): why = 'outputs missing or modified'
@@ -451,8 +499,12 @@ class Pipeline:
         return steps
 
     def run(self, force: tuple = (), # stage names to redo anyway
-           ) -> list[PlanStep]:     # what was done
-        "Run every stage whose inputs changed; skip the others."
+           ) -> list[PlanStep]:     # what was done ('ran', 'partial' or 'skip' per stage)
+        "Run every stage whose inputs changed; skip the others. One process at a time per run folder."
+        from llm_curate.data import folder_lock
+        with folder_lock(self.run_dir, 'pipeline.lock', 'pipeline run'): return self._run(force)
+
+    def _run(self, force: tuple) -> list[PlanStep]:
         from tqdm.auto import tqdm
         self.run_dir.mkdir(parents=True, exist_ok=True)
         done = []
@@ -466,20 +518,28 @@ class Pipeline:
                 if s.name not in force and manifest.done(s.name, key, self.run_dir):
                     logger.info("%s: skipped (unchanged)", s.name)
                     done.append(PlanStep(s.name, 'skip', 'unchanged', key)); bar.update(); continue
-                why = ('forced' if s.name in force else 'not run yet' if rec is None else
+                why = ('forced' if s.name in force else 'not run yet' if rec is None else f"{s.name}: {rec['partial']}" if rec.get('partial') else
                        'config or inputs changed' if rec['key'] != key else 'outputs missing or modified')
+                if s.name != 'data' and (self.run_dir / 'samples.parquet').exists(): self._check_budget()
                 t = time.perf_counter()
-                summary = s.run(self.cfg, self.ctx) or ''
+                summary, pending = _summary(s.run(self.cfg, self.ctx))
                 outputs = {}
                 for rel in s.outputs:
                     p = self.run_dir / rel
                     if not p.exists(): raise RuntimeError(f"stage {s.name} did not write {p}")
                     h, files = hash_path(p)
                     outputs[rel] = {'hash': h, 'files': files}
-                manifest.record(s.name, key, outputs, time.perf_counter() - t, summary)
+                manifest.record(s.name, key, outputs, time.perf_counter() - t, summary, partial=pending)
                 logger.info("%s: done in %.1f s (%s). %s", s.name, time.perf_counter() - t, why, summary)
-                done.append(PlanStep(s.name, 'ran', why, key)); bar.update()
+                done.append(PlanStep(s.name, 'partial' if pending else 'ran', why, key)); bar.update()
         return done
+
+    def _check_budget(self):
+        "A budget of more samples than the pool holds is an error before anything is paid for."
+        b, n = self.cfg['select']['budget'], len(self.ctx.samples())
+        if b >= 1 and b > n:
+            raise ValueError(f"select.budget: {b:g} samples asked but the pool ({self.cfg['data']['source']}) holds only {n:,}. "
+                             f"Lower the budget, or give a fraction such as 0.1.")
 
 # %% ../nbs/10_pipeline.ipynb #d1668538
 def format_plan(steps: list[PlanStep]) -> str:
@@ -530,8 +590,12 @@ def _cmd_run(args) -> int:
     m = Manifest(p.run_dir)
     for s in steps:
         rec = m.stages.get(s.stage, {})
-        print(f"{s.stage:<9} {s.action:<4} {rec.get('seconds', 0):7.1f} s  {rec.get('summary', '') if s.action == 'ran' else s.reason}")
+        print(f"{s.stage:<9} {s.action:<4} {rec.get('seconds', 0):7.1f} s  {rec.get('summary', '') if s.action != 'skip' else s.reason}")
     print(f"run folder: {p.run_dir}")
+    partial = [f"{s.stage}: {m.stages[s.stage]['partial']}" for s in steps if s.action == 'partial']
+    if partial:
+        print('not complete: ' + '; '.join(partial) + f" (re-run `llm_curate run {args.config}`)", file=sys.stderr)
+        return 3
     return 0
 
 def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser

@@ -8,15 +8,16 @@ import importlib, logging, os, re
 from pathlib import Path
 from typing import Callable, Iterable
 import pandas as pd
-from .data import render_conversation
+from .data import render_conversation, folder_lock
 from .rubric import _approx_tokens
-from .store import _row_from_attempts
+from .store import _row_from_attempts, content_hash
 
 # %% auto #0
 __all__ = ['logger', 'BACKENDS', 'PRESETS', 'Rater', 'CallableRater', 'backend_class', 'make_rater', 'BEGIN', 'END', 'DS2_RUBRIC',
            'Rubric', 'cut_middle', 'to_levels', 'PARSER_VERSION', 'STATUSES', 'detect_steering', 'parse_rating',
            'logprob_result', 'probs_from_top_logprobs', 'RATING_COLUMNS', 'RatingStore', 'export_ratings',
-           'write_ratings', 'PRICES', 'price_of', 'iter_samples', 'OpenAIRater', 'OpenAIBatchRater', 'add_cli']
+           'write_ratings', 'StoreError', 'content_hash', 'PRICES', 'price_of', 'iter_samples', 'OpenAIRater',
+           'OpenAIBatchRater', 'add_cli']
 
 # %% ../nbs/01f_rate.ipynb #ff5485b5
 logger = logging.getLogger(__name__)
@@ -24,12 +25,12 @@ logger = logging.getLogger(__name__)
 # %% ../nbs/01f_rate.ipynb #399f7cb7
 from .rubric import BEGIN, END, DS2_RUBRIC, Rubric, cut_middle, to_levels
 from .parse import PARSER_VERSION, STATUSES, detect_steering, parse_rating, logprob_result, probs_from_top_logprobs
-from .store import RATING_COLUMNS, RatingStore, export_ratings, write_ratings
+from .store import RATING_COLUMNS, RatingStore, export_ratings, write_ratings, StoreError, content_hash
 from .prices import PRICES, price_of
 from .data import iter_samples
 _all_ = ['BEGIN', 'END', 'DS2_RUBRIC', 'Rubric', 'cut_middle', 'to_levels', 'PARSER_VERSION', 'STATUSES', 'detect_steering',
          'parse_rating', 'logprob_result', 'probs_from_top_logprobs', 'RATING_COLUMNS', 'RatingStore', 'export_ratings', 'write_ratings',
-         'PRICES', 'price_of', 'iter_samples', 'OpenAIRater', 'OpenAIBatchRater', 'add_cli']
+         'StoreError', 'content_hash', 'PRICES', 'price_of', 'iter_samples', 'OpenAIRater', 'OpenAIBatchRater', 'add_cli']
 
 # %% ../nbs/01f_rate.ipynb #c27731ed
 _LATER = {'OpenAIRater': 'llm_curate.openai_rate', 'OpenAIBatchRater': 'llm_curate.openai_rate', 'add_cli': 'llm_curate.rate_cli'}
@@ -167,6 +168,7 @@ class Rater:
 
     def _finish(self, job: dict, store: RatingStore, bar: _Progress):
         row = _row_from_attempts(job['id'], self.rater_id, self.rubric.version, self.rubric, job['attempts'], job['steering'])
+        row['content'] = job.get('content')
         store.put(row, job['attempts'])
         bar.update(row)
 
@@ -191,36 +193,47 @@ class Rater:
              out: str | os.PathLike | None = None, # run folder for the crash-safe store; None = in memory only
              progress: bool = True,                # show a progress bar
              batch_size: int | None = None,        # overrides the rater's batch_size
-             retry_failed: bool = True,            # re-request samples stored as 'failed' (unparsed ones are kept)
+             retry_failed: bool = True,            # re-request samples stored as 'failed'
+             reask_unparsed: bool = False,         # re-request samples stored as 'unparsed' too (kept by default)
             ) -> pd.DataFrame:                     # the rating table, one row per unique input id, in input order
-        "Rate every sample (skipping those already stored in `out`) and return the rating table."
+        "Rate every sample (skipping those already stored in `out` with the same content) and return the rating table."
         saved = self.batch_size
         if batch_size is not None: self.batch_size = batch_size
         try: self._check()
         except Exception: self.batch_size = saved; raise
-        store = RatingStore(out)
+        if out is None: return self._rate(samples, None, progress, retry_failed, reask_unparsed, saved)
+        p = Path(out)
+        with folder_lock(p.parent if p.suffix in ('.sqlite', '.db') else p, (p.name + '.lock') if p.suffix in ('.sqlite', '.db') else 'rate.lock', 'rating run'):
+            return self._rate(samples, out, progress, retry_failed, reask_unparsed, saved)
+
+    def _rate(self, samples, out, progress, retry_failed, reask_unparsed, saved):
+        try: store = RatingStore(out)
+        except BaseException: self.batch_size = saved; raise
         try:
             store.add_rubric(self.rubric)
             rid, rv = self.rater_id, self.rubric.version
             store.set_meta(f'config/{rid}/{rv}', self.config())
-            done = store.done(rid, rv)
-            failed = {r[0]: r[1] for r in store.con.execute(
-                'SELECT r.id, MAX(w.attempt) + 1 FROM results r JOIN raw w USING (id, rater, rubric) WHERE r.rater=? AND r.rubric=? '
-                'AND r.status=? GROUP BY r.id', (rid, rv, 'failed'))} if retry_failed else {}
-            order, seen = [], set()
-            all_ids = ([str(x) for x in samples['id']] if hasattr(samples, 'column_names') and 'id' in samples.column_names
-                       else [sid for sid, _ in iter_samples(samples)])   # a Dataset's id column is read without its messages
-            for sid in all_ids:
-                if sid not in seen: seen.add(sid); order.append(sid)
-            todo_n = sum(1 for s in order if s not in done or s in failed)
+            stored = store.contents(rid, rv)
+            order, content = [], {}
+            for sid, msgs in iter_samples(samples):
+                if sid not in content: content[sid] = content_hash(msgs); order.append(sid)
+            again = {s for s in order if s in stored and ((retry_failed and stored[s][0] == 'failed') or (reask_unparsed and stored[s][0] == 'unparsed'))}
+            changed = {s for s in order if s in stored and stored[s][1] is not None and stored[s][1] != content[s]}
+            if changed:
+                logger.warning('%s: %d samples changed content since they were rated (same id, other text): rating them again', rid, len(changed))
+                self.changed_ = len(changed)
+            redo = again | changed
+            attempt0 = {r[0]: r[1] for r in store.con.execute(
+                'SELECT id, MAX(attempt) + 1 FROM raw WHERE rater=? AND rubric=? GROUP BY id', (rid, rv)) if r[0] in redo}
+            todo_n = sum(1 for s in order if s not in stored or s in redo)
             logger.info('%s: %d samples, %d stored, %d to rate', rid, len(order), len(order) - todo_n, todo_n)
             def jobs():
                 emitted = set()
                 for sid, msgs in iter_samples(samples):
-                    if sid in emitted or (sid in done and sid not in failed): continue
+                    if sid in emitted or (sid in stored and sid not in redo): continue
                     emitted.add(sid)
                     j = self._job(sid, msgs)
-                    j['attempt0'] = failed.get(sid, 0)
+                    j['attempt0'], j['content'] = attempt0.get(sid, 0), content[sid]
                     yield j
             bar = _Progress(todo_n, progress, rid)
             try: self._run(jobs(), store, bar)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01h_rate_cli.ipynb #9641cf35
 from __future__ import annotations
-import json
+import json, sys
 from .parse import STATUSES
 from .store import RatingStore, export_ratings, _check_run
 from .rate import BACKENDS, PRESETS, make_rater
@@ -16,7 +16,7 @@ __all__ = ['add_cli']
 _API_OPTS = ('base_url', 'api_key_env', 'concurrency', 'rpm', 'tpm', 'timeout', 'max_retries')
 
 def _status_text(run) -> str:
-    with RatingStore(run) as st: df = st.status()
+    with RatingStore(run, readonly=True) as st: df = st.status()
     if df.empty: return f'{run}: no ratings yet'
     df['cost_usd'] = df['cost_usd'].map(lambda x: f'${x:.4f}')
     return df.to_string(index=False)
@@ -49,13 +49,20 @@ def _cmd_rate(args) -> int:
     backend = args.backend or PRESETS.get(args.rater, {}).get('backend', 'openai')
     if backend in ('openai', 'openai-batch'):
         kw.update({k: getattr(args, k) for k in _API_OPTS if getattr(args, k) is not None})
+        if args.give_up_after is not None: kw['give_up_after'] = None if args.give_up_after < 0 else args.give_up_after
+        if args.max_consecutive_failures is not None: kw['max_consecutive_failures'] = args.max_consecutive_failures or None
         if args.price: kw['prices'] = {args.rater: tuple(float(x) for x in args.price.split(','))}
     if backend == 'openai-batch' and args.poll_interval is not None: kw['poll_interval'] = args.poll_interval
     kw.update(_options(args.option))
     rater = make_rater(backend, args.rater, **kw)
-    df = rater.rate(ds, out=args.out, progress=not args.quiet)
+    df = rater.rate(ds, out=args.out, progress=not args.quiet, reask_unparsed=args.reask_unparsed)
     counts = df.status.value_counts().to_dict()
-    print(f"{rater.rater_id}: {len(df)} samples: " + ', '.join(f'{s} {counts.get(s, 0)}' for s in STATUSES) + f"; cost ${df.cost_usd.sum():.4f}; run folder {args.out}")
+    changed = getattr(rater, 'changed_', 0)
+    print(f"{rater.rater_id}: {len(df)} samples: " + ', '.join(f'{s} {counts.get(s, 0)}' for s in STATUSES) + f"; cost ${df.cost_usd.sum():.4f}; run folder {args.out}"
+          + (f"; {changed} samples had changed content and were rated again" if changed else ''))
+    if counts.get('failed', 0):
+        print(f"{counts['failed']} samples failed (see --status / --export for the reasons): re-run the same command to retry them", file=sys.stderr)
+        return 3
     return 0
 
 def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
@@ -73,6 +80,9 @@ def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
     p.add_argument('--rpm', type=float, help='requests-per-minute limit'); p.add_argument('--tpm', type=float, help='tokens-per-minute limit')
     p.add_argument('--timeout', type=float, help='seconds per request'); p.add_argument('--max-retries', type=int, help='retries per request')
     p.add_argument('--max-reasks', type=int, help='re-asks of an unparsed answer (default 1)')
+    p.add_argument('--reask-unparsed', action='store_true', help='also re-ask samples stored as unparsed by an earlier run (failed ones are always retried)')
+    p.add_argument('--give-up-after', type=float, help='seconds of refused connections before the run stops (default 15; -1 = never)')
+    p.add_argument('--max-consecutive-failures', type=int, help='stop after this many requests in a row failed the same way (default 20; 0 = never)')
     p.add_argument('--max-sample-tokens', type=int, help='cut longer samples in the middle')
     p.add_argument('--max-tokens', type=int, help='answer token limit'); p.add_argument('--batch-size', type=int, help='requests per batch (local backends)')
     p.add_argument('--price', help='USD per 1M prompt,completion tokens for --rater, e.g. 0.15,0.60')

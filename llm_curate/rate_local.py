@@ -403,6 +403,17 @@ def rubric_json_schema(rubric=DS2_RUBRIC, # the rubric: its criteria and raw sca
     return {'type': 'object', 'additionalProperties': False, 'required': list(rubric.criteria),
             'properties': {c: {'type': 'integer', 'minimum': rubric.raw_min, 'maximum': rubric.raw_max} for c in rubric.criteria}}
 
+def _one_may_be_ten(steps: list, generated: list, rubric) -> bool:
+    "Is P('0' | '1') needed but not in the answer: a '1' offered first, no '10', the scale reaching 10, and another token generated?"
+    toks = {str(t).strip() for t in (steps[0] if steps else {})}
+    return rubric.raw_max >= 10 and '1' in toks and '10' not in toks and not (generated and str(generated[0]).strip() == '1')
+
+def _continued(messages: list, text: str) -> list:
+    "The conversation with the judge's answer continued by `text` (appended to a prefilled answer, or as a new one)."
+    if messages and messages[-1]['role'] == 'assistant':
+        return list(messages[:-1]) + [{**messages[-1], 'content': messages[-1]['content'] + text}]
+    return list(messages) + [{'role': 'assistant', 'content': text}]
+
 def _top_logprob_steps(completion) -> tuple:
     "OpenAI-style top logprobs ([{token: logprob}], generated tokens) from a vLLM CompletionOutput."
     steps, gen = [], []
@@ -469,8 +480,23 @@ class VLLMRater(Rater):
             logger.warning('vLLM rejected a batch of %d (%s); retrying one by one', len(convs), e)
             return [self._chat([c], params)[0] for c in convs]
 
+    def _splits_ten(self) -> bool:
+        "Does the model's tokenizer write '10' as '1' + '0' (Mistral, Llama 2)? Then a '1' may be the start of a 10."
+        if not hasattr(self, '_split10'):
+            self._split10 = len(self.llm().get_tokenizer().encode('10', add_special_tokens=False)) > 1
+        return self._split10
+
+    def _after_one(self, pending: list, out: list):
+        "Score tokens after a forced '1' for answers whose '1' may start a '10' that greedy decoding did not follow."
+        convs = [_continued(r['messages'], '1') for _, r, _, _ in pending]
+        for (k, r, steps, gen), o in zip(pending, self._chat(convs, self._params('logprob', 1))):
+            if isinstance(o, Exception) or not o.outputs: continue
+            nxt, _ = _top_logprob_steps(o.outputs[0])
+            p = probs_from_top_logprobs(steps, gen, rubric=self.rubric, after_one=nxt[0] if nxt else {})
+            out[k]['score_probs'] = None if p is None else [float(x) for x in p]
+
     def _complete(self, requests: list) -> list:
-        out, groups = [], {}
+        out, groups, pending = [], {}, []
         for r in _prefilled(requests, self.logprob_prefill): groups.setdefault((r['mode'], r['max_tokens']), []).append(r)
         for (mode, max_tokens), rs in groups.items():
             for r, o in zip(rs, self._chat([r['messages'] for r in rs], self._params(mode, max_tokens))):
@@ -480,10 +506,13 @@ class VLLMRater(Rater):
                 c = o.outputs[0]
                 probs = None
                 if mode == 'logprob':
-                    p = probs_from_top_logprobs(*_top_logprob_steps(c), rubric=self.rubric)
+                    steps, gen = _top_logprob_steps(c)
+                    p = probs_from_top_logprobs(steps, gen, rubric=self.rubric)
                     probs = None if p is None else [float(x) for x in p]
+                    if p is not None and self._splits_ten() and _one_may_be_ten(steps, gen, self.rubric): pending.append((len(out), r, steps, gen))
                 out.append({'key': r['key'], 'text': c.text, 'score_probs': probs, 'prompt_tokens': len(o.prompt_token_ids or []),
                             'completion_tokens': len(c.token_ids), 'error': None, 'truncated': False})
+        if pending: self._after_one(pending, out)   # one more short pass, only for answers whose "1" may be a "10"
         return out
 
     def _generate(self, conversations: list, max_tokens: int, temperature: float) -> list:

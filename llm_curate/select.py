@@ -54,6 +54,13 @@ def _scores_array(scores, ids: list[str]) -> np.ndarray:
     if a.shape != (len(ids),): raise ValueError(f"'scores' must hold one score per sample of the pool ({len(ids)}). Got {a.size}; pass a Series/dict keyed by id to align by id.")
     return a
 
+def _report_params(report) -> dict:
+    "The parameters a curation report was made with (a `CurationReport` or its folder; {} for a bare frame)."
+    if isinstance(report, (str, os.PathLike)):
+        p = Path(report) / 'report.json'
+        return (json.loads(p.read_text(encoding='utf-8')).get('params') or {}) if p.exists() else {}
+    return getattr(report, 'params', None) or {}
+
 def _report_frame(report) -> pd.DataFrame:
     "The per-sample frame of a curation report (a `CurationReport`, its folder, or a DataFrame)."
     if isinstance(report, (str, os.PathLike)):
@@ -83,7 +90,7 @@ class Pool:
         self._frame, self._report_k = None, None
         if report is not None:
             f = _report_frame(report)
-            prm = getattr(report, 'params', None) or {}
+            prm = _report_params(report)   # also for a saved report folder
             self._report_k = prm.get('longtail_k', prm.get('k'))   # the neighbourhood of its knn_distance
             self._frame = f.iloc[align_ids(self.ids, f['id'], 'the curation report', "Curate the same pool you select from (curate_scores on all of it), or select from the curated samples only.")].reset_index(drop=True)
         self._scores = None if scores is None else _scores_array(scores, self.ids)
@@ -376,8 +383,9 @@ def completion_length(pool, budget, rng, unit: str = 'chars'):
     return Picked(idx, L[idx], [f"assistant response of {int(L[i])} {unit}" for i in idx])
 
 @register_method('knn', needs=('knn',))
-def knn(pool, budget, rng, k: int = 10):
+def knn(pool, budget, rng, k: int | None = None):  # k: neighbours; default the curation report's k (else 10)
     "Diversity only: largest mean cosine distance to the `k` nearest neighbours first (the report's graph is reused when it has the same k)."
+    if k is None: k = int(pool._report_k or 10)
     if not isinstance(k, (int, np.integer)) or k < 1: raise ValueError(f"The 'k' parameter of knn must be an int >= 1. Got {k!r} instead.")
     d = pool.mean_knn_distance(k)
     idx = _rank(pool.tie_key(), d)[:budget]

@@ -4,9 +4,9 @@
 
 # %% ../nbs/01c_store.ipynb #440fe719
 from __future__ import annotations
-import json, os, sqlite3, threading, time
+import contextlib, hashlib, json, os, sqlite3, threading, time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -16,7 +16,7 @@ from .rubric import Rubric
 from .parse import PARSER_VERSION, parse_rating, logprob_result
 
 # %% auto #0
-__all__ = ['RATING_COLUMNS', 'RatingStore', 'export_ratings', 'write_ratings']
+__all__ = ['RATING_COLUMNS', 'StoreError', 'content_hash', 'RatingStore', 'export_ratings', 'write_ratings']
 
 # %% ../nbs/01c_store.ipynb #43080934
 RATING_COLUMNS = ['id', 'rater', 'rubric', 'status', 'score', 'overall_raw', 'criteria', 'raw_text', 'error', 'score_probs',
@@ -28,29 +28,77 @@ CREATE TABLE IF NOT EXISTS raw (id TEXT, rater TEXT, rubric TEXT, attempt INTEGE
   PRIMARY KEY (id, rater, rubric, attempt));
 CREATE TABLE IF NOT EXISTS results (id TEXT, rater TEXT, rubric TEXT, status TEXT, score INTEGER, overall_raw REAL, criteria TEXT,
   raw_text TEXT, error TEXT, score_probs TEXT, expected_raw REAL, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL,
-  truncated INTEGER, steering INTEGER, parser_version INTEGER, created REAL, PRIMARY KEY (id, rater, rubric));
+  truncated INTEGER, steering INTEGER, parser_version INTEGER, created REAL, content TEXT, PRIMARY KEY (id, rater, rubric));
 CREATE TABLE IF NOT EXISTS rubrics (version TEXT PRIMARY KEY, spec TEXT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
+class StoreError(ValueError):
+    "The rating store cannot be read or written; the message names the file and the fix."
+
+def content_hash(messages: list, # a sample's [{role, content}, ...]
+                ) -> str:        # 16 hex digits
+    "Hash of a sample's conversation: a rating is reused only for the same id *and* the same content."
+    return hashlib.blake2b(json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str).encode('utf-8'), digest_size=8).hexdigest()
+
+def _store_fix(e: Exception) -> str:
+    "What to do about a SQLite error of the store."
+    m = str(e).lower()
+    if 'full' in m: return 'the disk is full: free some space, then re-run the same command; every rating stored so far is kept'
+    if 'readonly' in m or 'read-only' in m or 'unable to open' in m or 'permission' in m:
+        return 'the folder or the file is not writable by this user: fix its permissions, or rate into another --out folder'
+    if 'locked' in m or 'busy' in m: return 'another process holds the database: wait for it to finish'
+    return 'it is damaged or not a rating store: move it away (or restore a backup) and re-run; the ratings it held must be asked again'
+
 class RatingStore:
     "Append-only SQLite (WAL) store of raw answers and parsed ratings, keyed by (sample id, rater id, rubric version)."
     FILE = 'ratings.sqlite'
+    CHECKPOINT_EVERY = 50   # ratings between WAL checkpoints, so that ratings.sqlite alone holds nearly all of them even after a kill
     def __init__(self, path: str | os.PathLike | None = None, # run folder (the database is `path/ratings.sqlite`), a .sqlite file, or None for in-memory
+                 readonly: bool = False,  # open an existing store only to read it (works on a read-only folder)
                 ):
         if path is None: self.path, db = None, ':memory:'
         else:
             p = Path(path)
-            if p.suffix in ('.sqlite', '.db'): p.parent.mkdir(parents=True, exist_ok=True); self.path, db = p, str(p)
-            else: p.mkdir(parents=True, exist_ok=True); self.path = p / self.FILE; db = str(self.path)
-        self._lock = threading.RLock()
-        self.con = sqlite3.connect(db, timeout=60, check_same_thread=False, isolation_level=None)
-        if path is not None: self.con.execute('PRAGMA journal_mode=WAL')
-        self.con.execute('PRAGMA synchronous=NORMAL')  # durable against a killed process; an OS crash may lose the last commits
-        self.con.executescript(_SCHEMA)
+            self.path = p if p.suffix in ('.sqlite', '.db') else p / self.FILE
+            if not readonly: self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = str(self.path)
+        self._lock, self._puts, self.readonly = threading.RLock(), 0, readonly
+        try:
+            if readonly: self.con = self._open_readonly(db)
+            else:
+                self.con = sqlite3.connect(db, timeout=60, check_same_thread=False, isolation_level=None)
+                if path is not None: self.con.execute('PRAGMA journal_mode=WAL')
+                self.con.execute('PRAGMA synchronous=NORMAL')  # durable against a killed process; an OS crash may lose the last commits
+                self.con.executescript(_SCHEMA)
+                if 'content' not in {r[1] for r in self.con.execute('PRAGMA table_info(results)')}:   # a store from before content hashes
+                    self.con.execute('ALTER TABLE results ADD COLUMN content TEXT')
+            self.con.execute('SELECT COUNT(*) FROM results').fetchone()
+        except sqlite3.Error as e:
+            raise StoreError(f"{db}: cannot {'read' if readonly else 'open'} the rating store ({e}): {_store_fix(e)}.") from None
+
+    @staticmethod
+    def _open_readonly(db: str):
+        uri = Path(db).resolve().as_uri()
+        try:
+            con = sqlite3.connect(uri + '?mode=ro', uri=True, check_same_thread=False, isolation_level=None)
+            con.execute('SELECT COUNT(*) FROM results').fetchone(); return con
+        except sqlite3.OperationalError:   # a WAL database in a folder this user cannot write: nobody can be writing it
+            return sqlite3.connect(uri + '?immutable=1', uri=True, check_same_thread=False, isolation_level=None)
+
+    def _error(self, e: Exception, doing: str) -> StoreError:
+        return StoreError(f"{self.path or ':memory:'}: could not {doing} ({e}): {_store_fix(e)}.")
+
+    def checkpoint(self):
+        "Move the write-ahead log into ratings.sqlite (the file alone is then complete)."
+        if self.path is None or self.readonly: return
+        with self._lock, contextlib.suppress(sqlite3.Error): self.con.execute('PRAGMA wal_checkpoint(PASSIVE)')
 
     def close(self):
-        with self._lock: self.con.close()
+        with self._lock:
+            if not self.readonly and self.path is not None:
+                with contextlib.suppress(sqlite3.Error): self.con.execute('PRAGMA wal_checkpoint(TRUNCATE)')
+            self.con.close()
     def __enter__(self): return self
     def __exit__(self, *a): self.close()
 
@@ -65,16 +113,44 @@ class RatingStore:
         row = self.con.execute('SELECT value FROM meta WHERE key=?', (key,)).fetchone()
         return json.loads(row[0]) if row else default
     def set_meta(self, key: str, value):
-        with self._lock: self.con.execute('INSERT OR REPLACE INTO meta VALUES (?, ?)', (key, json.dumps(value)))
+        with self._lock:
+            try: self.con.execute('INSERT OR REPLACE INTO meta VALUES (?, ?)', (key, json.dumps(value)))
+            except sqlite3.Error as e: raise self._error(e, f'record {key!r}') from None
+
+    def update_meta(self, key: str, fn: Callable, default=None):
+        "Read-modify-write one meta value in a single transaction: `fn(old) -> new`; returns the new value."
+        with self._lock:
+            try:
+                self.con.execute('BEGIN IMMEDIATE')
+                try:
+                    row = self.con.execute('SELECT value FROM meta WHERE key=?', (key,)).fetchone()
+                    new = fn(json.loads(row[0]) if row else default)
+                    self.con.execute('INSERT OR REPLACE INTO meta VALUES (?, ?)', (key, json.dumps(new)))
+                    self.con.execute('COMMIT')
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error): self.con.execute('ROLLBACK')
+                    raise
+            except sqlite3.Error as e: raise self._error(e, f'record {key!r}') from None
+        return new
 
     def done(self, rater: str, rubric: str) -> set:
         "Ids already rated by `rater` under rubric version `rubric`."
         return {r[0] for r in self.con.execute('SELECT id FROM results WHERE rater=? AND rubric=?', (rater, rubric))}
 
-    def put(self, row: dict,      # one rating row (RATING_COLUMNS)
+    def contents(self, rater: str, rubric: str) -> dict:
+        "id -> (status, content hash or None) of the ratings stored for `rater` under rubric version `rubric`."
+        return {r[0]: (r[1], r[2]) for r in self.con.execute('SELECT id, status, content FROM results WHERE rater=? AND rubric=?', (rater, rubric))}
+
+    def put(self, row: dict,      # one rating row (RATING_COLUMNS, and `content`: the sample's content hash)
             attempts: list,       # raw answers: dicts with attempt, mode, text, score_probs, error, tokens, cost_usd, truncated
            ):
         "Durably write one finished rating and its raw answers in one transaction."
+        try: self._put(row, attempts)
+        except sqlite3.Error as e: raise self._error(e, f"store the rating of {row['id']!r}") from None
+        self._puts += 1
+        if self._puts % self.CHECKPOINT_EVERY == 0: self.checkpoint()
+
+    def _put(self, row, attempts):
         key = (row['id'], row['rater'], row['rubric'])
         now = time.time()
         with self._lock:
@@ -85,10 +161,11 @@ class RatingStore:
                         a['attempt'], a['mode'], a.get('text'), _dumps(a.get('score_probs')), a.get('error'),
                         int(a.get('prompt_tokens') or 0), int(a.get('completion_tokens') or 0), float(a.get('cost_usd') or 0.0),
                         int(bool(a.get('truncated'))), int(bool(row.get('steering'))), now))
-                self.con.execute('INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)', _result_tuple(row) + (PARSER_VERSION, now))
+                self.con.execute('INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)', _result_tuple(row) + (PARSER_VERSION, now, row.get('content')))
                 self.con.execute('COMMIT')
             except BaseException:
-                self.con.execute('ROLLBACK'); raise
+                with contextlib.suppress(sqlite3.Error): self.con.execute('ROLLBACK')
+                raise
 
     def frame(self, rater: str | None = None, rubric: str | None = None, ids: Sequence | None = None) -> pd.DataFrame:
         "The stored ratings as a rating table (RATING_COLUMNS), optionally for one rater / rubric / set of ids."
@@ -122,11 +199,11 @@ class RatingStore:
                                               'FROM raw WHERE id=? AND rater=? AND rubric=? ORDER BY attempt', (sid, rid, rv))]
             if not atts: continue
             for a in atts: a['score_probs'] = json.loads(a['score_probs']) if a['score_probs'] else None
-            old = self.con.execute('SELECT status, score FROM results WHERE id=? AND rater=? AND rubric=?', (sid, rid, rv)).fetchone()
+            old = self.con.execute('SELECT status, score, content FROM results WHERE id=? AND rater=? AND rubric=?', (sid, rid, rv)).fetchone()
             row = _row_from_attempts(sid, rid, rv, rb, atts, bool(atts[-1]['steering']))
             with self._lock:
-                self.con.execute('INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)', _result_tuple(row) + (PARSER_VERSION, time.time()))
-            changed += (row['status'], row['score']) != tuple(old)
+                self.con.execute('INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)', _result_tuple(row) + (PARSER_VERSION, time.time(), old[2]))
+            changed += (row['status'], row['score']) != tuple(old[:2])
         return {'reparsed': len(rows), 'changed': changed}
 
 def _dumps(x): return None if x is None else json.dumps(x)
@@ -178,7 +255,7 @@ def export_ratings(run: str | os.PathLike,          # a run folder (or its ratin
                   ) -> pd.DataFrame:                 # the rating table, one row per (id, rater, rubric)
     "Export a run's ratings as one Parquet table with the standard rating columns."
     p = _check_run(run)
-    with RatingStore(p) as st: df = st.frame(rater=rater)
+    with RatingStore(p, readonly=True) as st: df = st.frame(rater=rater)
     if path is not None: write_ratings(df, path)
     return df
 

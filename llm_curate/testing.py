@@ -106,10 +106,11 @@ class ScriptedServer:
                  port: int = 0,                   # TCP port (0 = a free one)
                  log_path: str | os.PathLike | None = None, # append one JSON line per request here
                  seed: int = 0,                   # seed of latency draws
+                 api_key: str | None = None,      # answer 401 to every request whose bearer token is not this key (None: any key)
                 ):
         self.answer, self.upstream, self.faults, self.latency = answer or rating_answer, upstream, faults or Faults(), latency
         self.max_concurrency, self.rpm, self.json_schema, self.batch_delay, self.model = max_concurrency, rpm, json_schema, batch_delay, model
-        self.port, self.log_path, self.seed = port, log_path, seed
+        self.port, self.log_path, self.seed, self.api_key = port, log_path, seed, api_key
         self.log, self.files, self.batches = [], {}, {}
         self._thread = self._loop = None
 
@@ -147,11 +148,18 @@ class ScriptedServer:
         self._window, self._tasks = [time.time(), 0], set()
         self._logf = open(self.log_path, 'a', encoding='utf-8') if self.log_path else None
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) if self.upstream else None
-        app = web.Application(client_max_size=1024 ** 3)
+        @web.middleware
+        async def auth(request, handler):   # like a provider: a wrong key is refused on every endpoint
+            if self.api_key is not None and request.headers.get('Authorization') != f'Bearer {self.api_key}':
+                self._record(auth=False, status=401)
+                return self._error(401, 'Incorrect API key provided.', 'invalid_request_error')
+            return await handler(request)
+        app = web.Application(client_max_size=1024 ** 3, middlewares=[auth])
         for method, path, handler in [('GET', 'models', self._models), ('POST', 'chat/completions', self._chat),
                                       ('POST', 'files', self._upload), ('GET', 'files/{fid}', self._file),
                                       ('GET', 'files/{fid}/content', self._file_content), ('POST', 'batches', self._create_batch),
-                                      ('GET', 'batches/{bid}', self._get_batch), ('POST', 'batches/{bid}/cancel', self._cancel_batch)]:
+                                      ('GET', 'batches/{bid}', self._get_batch), ('POST', 'batches/{bid}/cancel', self._cancel_batch),
+                                      ('GET', 'batches', self._list_batches)]:
             app.router.add_route(method, '/v1/' + path, handler)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -224,6 +232,8 @@ class ScriptedServer:
 
     # --- endpoints
     async def _models(self, request):
+        if self.upstream:   # a proxy lists the models of the server behind it
+            async with self._session.get(self.upstream.rstrip('/') + '/models') as r: return self._json(await r.json(content_type=None), r.status)
         return self._json({'object': 'list', 'data': [{'id': self.model, 'object': 'model', 'owned_by': 'llm_curate'}]})
 
     async def _chat(self, request):
@@ -331,6 +341,12 @@ class ScriptedServer:
         b['output_file_id'] = put(out) if out else None
         b['error_file_id'] = put(err) if err else None
         b['status'], b['completed_at'] = 'completed', int(time.time())
+
+    async def _list_batches(self, request):
+        "The account's batches, newest first, in one page."
+        data = sorted(self.batches.values(), key=lambda b: (b['created_at'], b['id']), reverse=True)
+        return self._json({'object': 'list', 'data': data, 'first_id': data[0]['id'] if data else None,
+                           'last_id': data[-1]['id'] if data else None, 'has_more': False})
 
     async def _get_batch(self, request):
         bid = request.match_info['bid']

@@ -95,8 +95,11 @@ def test_end_to_end_skip_and_change(tmp_path, scores_file):
 
 
 def test_failure_keeps_finished_stages_and_resumes(tmp_path, scores_file):
-    cfg = config(tmp_path, scores_file, select={'method': 'no_such_method'})
-    with pytest.raises(Exception, match='no_such_method'):
+    with pytest.raises(ValueError, match="select.method: unknown 'no_such_method'"):   # a bad name stops before any stage
+        Pipeline(config(tmp_path, scores_file, select={'method': 'no_such_method'}), progress=False)
+    assert not (tmp_path / 'run').exists()
+    cfg = config(tmp_path, scores_file, select={'options': {'no_such_option': 1}})   # fails only when select runs
+    with pytest.raises(Exception, match='no_such_option'):
         Pipeline(cfg, progress=False).run()
     done = Manifest(tmp_path / 'run').stages
     assert set(done) == {'data', 'rate', 'embed', 'curate'}

@@ -139,7 +139,7 @@ def test_presets_and_backends():
     r = make_rater(None, 'gpt-4o-mini', base_url='http://127.0.0.1:1/v1')
     assert isinstance(r, OpenAIRater) and r.rater_id == 'gpt-4o-mini:json'
     assert R.PRESETS['smollm2']['mode'] == 'logprob'
-    with pytest.raises(RuntimeError, match='MY_KEY_VAR'):
+    with pytest.raises(ValueError, match='MY_KEY_VAR'):
         OpenAIRater('gpt-4o-mini', api_key_env='MY_KEY_VAR')._api_key()
 
 
@@ -218,10 +218,15 @@ def test_openai_response_format_fallback_and_chat():
 
 
 def test_openai_client_errors_fail_fast():
-    with ScriptedServer() as srv:
-        df = OpenAIRater('scripted', base_url=srv.url + '/nope', concurrency=2, max_retries=3).rate(_samples(2), progress=False)
+    from llm_curate.data import RunStopped
+    with ScriptedServer() as srv:   # a wrong URL: the preflight stops the run before any rating request
+        with pytest.raises(RunStopped, match='does not serve the model'):
+            OpenAIRater('scripted', base_url=srv.url + '/nope', concurrency=2, max_retries=3).rate(_samples(2), progress=False)
         assert len(srv.log) == 0
-    assert set(df.status) == {'failed'} and all(e.startswith('HTTP 404') for e in df.error)
+    with ScriptedServer(answer=lambda b: {'http_status': 400, 'error': 'bad request'}) as srv:   # a 4xx per request: not retried
+        df = OpenAIRater('scripted', base_url=srv.url, concurrency=2, max_retries=3).rate(_samples(2), progress=False)
+        assert len(srv.log) == 2
+    assert set(df.status) == {'failed'} and all(e.startswith('HTTP 400') for e in df.error)
 
 
 def test_fault_proxy_in_front_of_another_server():

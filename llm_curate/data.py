@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 __all__ = ['logger', 'EXTRAS', 'FORMATS', 'FORMAT_ALIASES', 'ROLES', 'SUFFIXES', 'need', 'atomic_write', 'atomic_dir',
            'FolderInUse', 'folder_lock', 'RunStopped', 'describe_os_error', 'DataError', 'detect_format', 'to_messages',
            'render_conversation', 'sample_id', 'iter_records', 'read_table', 'sample_ids', 'has_messages',
-           'sample_messages', 'align_ids', 'LoadStats', 'default_cache_dir', 'load_samples', 'save_samples',
+           'sample_messages', 'align_ids', 'id_keys', 'LoadStats', 'default_cache_dir', 'load_samples', 'save_samples',
            'iter_samples', 'add_cli']
 
 # %% ../nbs/00_data.ipynb #e8856b1e
@@ -389,6 +389,15 @@ def align_ids(ids: list[str],  # (N,) the ids to find, e.g. the pool's
         few = ', '.join(repr(m) for m in missing[:5])
         raise ValueError(f"{len(missing)} of the {len(ids)} {noun} are missing from {what} (e.g. {few}{', ...' if len(missing) > 5 else ''}). {fix}")
     return np.asarray(pos, dtype=np.int64)
+
+# %% ../nbs/00_data.ipynb #b1d0a7e2
+def id_keys(ids: list[str], # (N,) sample ids
+            seed: int,      # seed: another seed gives other keys
+           ) -> np.ndarray: # (N,) uint64 keys, one per id, independent of the order of `ids`
+    "A seeded hash of each id: a per-sample random key that does not depend on the pool's order."
+    import numpy as np
+    s = f'{int(seed)}\x1f'
+    return np.array([int.from_bytes(hashlib.blake2b((s + i).encode(), digest_size=8).digest(), 'little') for i in ids], dtype=np.uint64)
 
 # %% ../nbs/00_data.ipynb #9e631db5
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
-from .data import need, atomic_write, read_table, sample_ids, has_messages, sample_messages, align_ids
+from .data import need, atomic_write, read_table, sample_ids, has_messages, sample_messages, align_ids, id_keys
 from .knn import check_embeddings
 from .curate import longtail_score
 from .signals import response_perplexity, less_scores  # re-exported: they lived here
@@ -28,12 +28,6 @@ _all_ = ['response_perplexity', 'less_scores', 'rater_like_T', 'SyntheticPool', 
 
 # %% ../nbs/05_select.ipynb #2728f120
 logger = logging.getLogger(__name__)
-
-# %% ../nbs/05_select.ipynb #73cf49a5
-def _id_keys(ids: list[str], seed: int) -> np.ndarray:
-    "(N,) uint64 seeded hash of each id: a per-sample random key that does not depend on the pool's order."
-    s = f'{int(seed)}\x1f'
-    return np.array([int.from_bytes(hashlib.blake2b((s + i).encode(), digest_size=8).digest(), 'little') for i in ids], dtype=np.uint64)
 
 # %% ../nbs/05_select.ipynb #f855f9b0
 def _scores_array(scores, ids: list[str]) -> np.ndarray:
@@ -111,7 +105,7 @@ class Pool:
 
     def tie_key(self) -> np.ndarray:
         "(N,) uint64 random key of each sample, a seeded hash of its id: ties and random draws follow it, not the file order."
-        if ('tie', self.seed) not in self._cache: self._cache[('tie', self.seed)] = _id_keys(self.ids, self.seed)
+        if ('tie', self.seed) not in self._cache: self._cache[('tie', self.seed)] = id_keys(self.ids, self.seed)
         return self._cache[('tie', self.seed)]
 
     def scores(self, curated: bool = False) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 import numpy as np
 import pandas as pd
-from .data import need, atomic_write, default_cache_dir, sample_ids, has_messages, sample_messages
+from .data import need, atomic_write, default_cache_dir, sample_ids, has_messages, sample_messages, id_keys
 
 # %% auto #0
 __all__ = ['response_perplexity', 'less_scores']
@@ -106,6 +106,10 @@ def _project(torch, G, proj_dim: int, seed: int, block: int = 1 << 16):
         out += G[:, s:s + block].float() @ R
     return out / math.sqrt(proj_dim)
 
+def _warmup_slice(ids: list[str], n: int, seed: int) -> np.ndarray:
+    "Positions of the `n` warm-up samples: the smallest seeded id keys, so the slice does not depend on the file order."
+    return np.argsort(id_keys(ids, seed), kind='stable')[:n]
+
 def less_scores(samples,                   # the pool: datasets.Dataset / list of dicts with `id` and `messages`
                 target,                    # the small target set (same form), e.g. a few examples of the target task
                 model='smollm2',           # base model for `load_causal_lm`, or a loaded (model, tokenizer)
@@ -136,7 +140,7 @@ def less_scores(samples,                   # the pool: datasets.Dataset / list o
     rng = np.random.default_rng(seed)
     n_w = max(1, int(round(warmup_fraction * len(ids))))
     if warmup_max: n_w = min(n_w, warmup_max)
-    warm = rng.choice(len(ids), size=n_w, replace=False)
+    warm = _warmup_slice(ids, n_w, seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     m.train()
     for ep in range(warmup_epochs):

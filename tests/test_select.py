@@ -433,3 +433,13 @@ def test_project_is_a_seeded_rademacher_map():
     n = G.norm(dim=1)
     err = ((big @ big.T) - (G @ G.T)).abs() / (n[:, None] * n[None, :])
     assert err.max() < 0.05, err
+
+
+def test_less_warmup_slice_follows_ids_not_file_order():
+    "LESS's warm-up LoRA trains on the same samples whatever the file order (the slice is drawn by id key, not position)."
+    from llm_curate.signals import _warmup_slice
+    ids = [f's{i}' for i in range(200)]
+    a = {ids[i] for i in _warmup_slice(ids, 10, 0)}
+    rev = ids[::-1]
+    assert {rev[i] for i in _warmup_slice(rev, 10, 0)} == a and len(a) == 10
+    assert {ids[i] for i in _warmup_slice(ids, 10, 1)} != a   # the seed still matters

@@ -113,26 +113,15 @@ def load_embedder(path: str, device: str | None = None, backend: str = 'torch'):
             _MODELS[key] = st.SentenceTransformer(path, device=device)
     return _MODELS[key]
 
-def resolve_backend(backend: str | None,  # 'torch', 'onnx-int8', or None = choose
+def resolve_backend(backend: str | None,  # 'torch', 'onnx-int8', or None = the default ('torch')
                     model,                 # the `model` argument of embed_texts (None = default)
                     device=None,           # the `device` argument of embed_texts
                    ) -> str:
-    "None -> 'onnx-int8' for the bundled MiniLM on CPU when onnxruntime is installed, else 'torch'."
+    "None -> 'torch'; 'onnx-int8' is opt-in (its vectors depend on the batch a text is embedded in; see 'A faster CPU backend')."
     if backend is not None:
         if backend not in BACKENDS: raise ValueError(f"The 'backend' parameter of embed_texts must be one of {BACKENDS} or None. Got {backend!r} instead.")
         return backend
-    from llm_curate.models import minilm_path
-    import importlib.util
-    on_cpu = device in (None, 'cpu') and not _cuda()
-    bundled = resolve_embed_model(model)[0] == minilm_path()
-    have = all(importlib.util.find_spec(m) is not None for m in ('onnxruntime', 'onnx'))
-    return 'onnx-int8' if bundled and on_cpu and have else 'torch'
-
-def _cuda() -> bool:
-    import importlib.util
-    if importlib.util.find_spec('torch') is None: return False
-    import torch
-    return torch.cuda.is_available()
+    return 'torch'
 
 def _text_id(t: str) -> str:
     return 'sha1:' + hashlib.sha1(t.encode('utf-8')).hexdigest()
@@ -146,7 +135,7 @@ def embed_texts(texts: Sequence[str],       # N texts (e.g. render_conversation(
                 progress: bool = True,      # tqdm bar
                 chunk_size: int = 8192,     # texts embedded (and cached) per step
                 max_seq_length: int | None = None,  # truncate texts to this many tokens (default: the model's)
-                backend: str | None = None, # 'torch', 'onnx-int8' (CPU); None: onnx-int8 for the bundled MiniLM on CPU, else torch
+                backend: str | None = None, # 'torch' (default), or 'onnx-int8' (CPU, faster, batch-dependent vectors)
                ) -> np.ndarray:             # (N, d) float32, unit-norm rows
     "Embed texts with sentence-transformers: length-sorted batches, L2-normalised float32 rows, cached by model, length limit and text."
     texts = list(texts)
@@ -311,12 +300,12 @@ def load_embeddings(path: str | os.PathLike,  # folder written by `save_embeddin
 
 # %% ../nbs/02_embed.ipynb #69a7a4d5
 class _EmbedReplica:
-    "One sentence-transformers model inside a Ray Data actor."
-    def __init__(self, path: str, device: str | None, max_seq_length: int | None, num_threads: int | None):
+    "One embedding model (sentence-transformers, or the ONNX int8 backend) inside a Ray Data actor."
+    def __init__(self, path: str, device: str | None, max_seq_length: int | None, num_threads: int | None, backend: str = 'torch'):
         if num_threads:
             import torch
             torch.set_num_threads(num_threads)
-        self.model = load_embedder(path, device)
+        self.model = load_embedder(path, device, backend)
         if max_seq_length: self.model.max_seq_length = max_seq_length
 
     def __call__(self, batch: dict) -> dict:
@@ -332,6 +321,7 @@ def embed_texts_ray(texts: Sequence[str],          # N texts
                     batch_size: int = 64,          # texts per actor call
                     max_seq_length: int | None = None,  # truncate texts to this many tokens (default: the model's)
                     num_threads: int | None = None,     # torch threads per CPU actor (default: torch's)
+                    backend: str | None = None,    # 'torch', 'onnx-int8', or None = as `embed_texts` chooses (same vectors)
                     address: str | None = None,    # Ray cluster address; None = the running one, or a new local one
                     init_kw: dict | None = None,   # more `ray.init` arguments for a new local cluster (e.g. num_cpus=2)
                     progress: bool = False,        # Ray Data progress bars
@@ -350,17 +340,18 @@ def embed_texts_ray(texts: Sequence[str],          # N texts
     gpus = ray.cluster_resources().get('GPU', 0)
     ng = (1 if gpus else 0) if num_gpus is None else num_gpus
     reps = replicas or (max(1, int(gpus // ng)) if ng else 1)
+    backend = resolve_backend(backend, model, 'cuda' if ng else None)
     order = np.argsort([-len(t) for t in texts], kind='stable')
     ds = ray.data.from_items([{'i': int(j), 'text': texts[j]} for j in order])
     ds = ds.map_batches(_EmbedReplica, fn_constructor_kwargs={'path': path, 'device': 'cuda' if ng else None,
-                                                             'max_seq_length': max_seq_length, 'num_threads': num_threads},
+                                                             'max_seq_length': max_seq_length, 'num_threads': num_threads, 'backend': backend},
                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=reps), num_gpus=ng or None,
                         num_cpus=num_cpus, batch_format='numpy')
     X = None
     for b in ds.iter_batches(batch_format='numpy', batch_size=None):
         if X is None: X = np.zeros((len(texts), b['emb'].shape[1]), np.float32)
         X[b['i']] = b['emb']
-    logger.info("embed (Ray Data, %d actors): %d texts with %s", reps, len(texts), name)
+    logger.info("embed (Ray Data, %d actors): %d texts with %s (%s)", reps, len(texts), name, backend)
     return X
 
 # %% ../nbs/02_embed.ipynb #7e4369fe
@@ -396,7 +387,7 @@ def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
     p.add_argument('--batch-size', type=int, default=64, help='texts per forward pass')
     p.add_argument('--device', help="'cpu', 'cuda', or a comma-separated list of devices (multi-process pool)")
     p.add_argument('--max-seq-length', type=int, help='truncate texts to this many tokens')
-    p.add_argument('--backend', choices=BACKENDS, help='torch, or onnx-int8 (CPU, int8 ONNX export; default for the bundled MiniLM on CPU)')
+    p.add_argument('--backend', choices=BACKENDS, help='torch (default), or onnx-int8 (CPU, int8 ONNX export: faster, but a text\'s vector depends on its batch)')
     p.add_argument('--cache-dir', help='embedding cache root (default $LLM_CURATE_CACHE/embeddings)')
     p.add_argument('--no-cache', action='store_true', help='do not read or write the cache')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')

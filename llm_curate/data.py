@@ -393,7 +393,7 @@ def align_ids(ids: list[str],  # (N,) the ids to find, e.g. the pool's
 # %% ../nbs/00_data.ipynb #b1d0a7e2
 def id_keys(ids: list[str], # (N,) sample ids
             seed: int,      # seed: another seed gives other keys
-           ) -> np.ndarray: # (N,) uint64 keys, one per id, independent of the order of `ids`
+           ):               # (N,) uint64 numpy array of keys, one per id, independent of the order of `ids`
     "A seeded hash of each id: a per-sample random key that does not depend on the pool's order."
     import numpy as np
     s = f'{int(seed)}\x1f'

@@ -114,8 +114,6 @@ def load_embedder(path: str, device: str | None = None, backend: str = 'torch'):
     return _MODELS[key]
 
 def resolve_backend(backend: str | None,  # 'torch', 'onnx-int8', or None = the default ('torch')
-                    model,                 # the `model` argument of embed_texts (None = default)
-                    device=None,           # the `device` argument of embed_texts
                    ) -> str:
     "None -> 'torch'; 'onnx-int8' is opt-in (its vectors depend on the batch a text is embedded in; see 'A faster CPU backend')."
     if backend is not None:
@@ -146,7 +144,7 @@ def embed_texts(texts: Sequence[str],       # N texts (e.g. render_conversation(
     if ids is not None and len(ids) != len(texts): raise ValueError(f"ids has {len(ids)} entries but there are {len(texts)} texts: pass one id per text.")
     ids = [_text_id(t) for t in texts]   # the cache key: the text itself, so an edited sample or another pool's same id never reuses a row
     path, name = resolve_embed_model(model)
-    backend = resolve_backend(backend, model, device)
+    backend = resolve_backend(backend)
     if backend != 'torch':
         if isinstance(device, (list, tuple)): raise ValueError(f"backend={backend!r} runs on one CPU process; pass backend='torch' for a device list.")
         name = f'{name}@{backend}'   # its rows are cached apart from the PyTorch model's
@@ -340,7 +338,7 @@ def embed_texts_ray(texts: Sequence[str],          # N texts
     gpus = ray.cluster_resources().get('GPU', 0)
     ng = (1 if gpus else 0) if num_gpus is None else num_gpus
     reps = replicas or (max(1, int(gpus // ng)) if ng else 1)
-    backend = resolve_backend(backend, model, 'cuda' if ng else None)
+    backend = resolve_backend(backend)
     order = np.argsort([-len(t) for t in texts], kind='stable')
     ds = ray.data.from_items([{'i': int(j), 'text': texts[j]} for j in order])
     ds = ds.map_batches(_EmbedReplica, fn_constructor_kwargs={'path': path, 'device': 'cuda' if ng else None,

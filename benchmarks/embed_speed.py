@@ -1,7 +1,8 @@
 """Embedding speed on CPU and what a faster backend changes downstream, side by side in one run.
 
 Backends (all the bundled all-MiniLM-L6-v2, on the bundled T0 pool of real prompt/completion text):
-  torch      sentence-transformers under PyTorch (the reference)
+  torch      sentence-transformers under PyTorch, float32 (the reference)
+  torch-bf16 the same model under CPU bfloat16 autocast (the default on CPUs with native bfloat16: AMX / AVX512-BF16)
   onnx-int8  `llm_curate.embed.onnx_int8_model`: ONNX export, MatMul weights int8 per channel, ONNX Runtime
   model2vec  (--model2vec) a static model distilled offline from the same MiniLM (`model2vec.distill`, minutes once;
              cached under <llm_curate cache>/models/model2vec)
@@ -89,7 +90,7 @@ def main():
     ap.add_argument('--noise', type=float, default=0.3, help='share of ratings replaced at random')
     ap.add_argument('--model2vec', action='store_true', help='also the distilled static model (distils once: minutes)')
     args = ap.parse_args()
-    names = ['torch', 'onnx-int8'] + (['model2vec'] if args.model2vec else [])
+    names = ['torch', 'torch-bf16', 'onnx-int8'] + (['model2vec'] if args.model2vec else [])
     texts, templates = texts_and_templates(args.n)
     print(f"load: {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} cores; {args.n:,} texts of the bundled T0 pool "
           f"(median {int(np.median([len(t) for t in texts]))} characters)")

@@ -7,6 +7,13 @@ JSON mode = greedy generation up to 128 tokens; logprob mode = one forward pass 
 
     python benchmarks/rate_local.py                       # CPU, SmolLM2-135M-Instruct (bundled GGUF), a few batches
     python benchmarks/rate_local.py --model llama-8b      # GPU, Llama-3.1-8B-shaped model with random weights (no download)
+    python benchmarks/rate_local.py --scaling 600         # CPU: the demo's logprob rating, 1 process vs worker processes
+
+--scaling N rates N pool samples the way `llm_curate demo` does (logprob mode, 'Overall rating: ' prefill, samples cut to
+96 tokens, bfloat16 where the CPU has it) with TransformersRater three ways, each timed from a fresh rater to the last
+stored rating (model loading included): one process of 1 thread, one process of all the CPU's threads, and worker
+processes of 1 thread each (`workers=`). torch's threads spin-wait for each other, so one process of many threads
+slows down badly when anything else runs; separate processes share a busy CPU gracefully.
 
 The prompts are the DS2 rubric over samples of the bundled 5k pool, cut in the middle to --sample-tokens tokens.
 On CPU the reference is slow (every new token re-reads the whole prompt): by default it runs --ref-steps new tokens
@@ -78,6 +85,30 @@ def reference(m, tok, convs, batch, new_tokens, steps, device):
     return total, steps >= new_tokens, details
 
 
+def scaling(n, sample_tokens=96, workers=None):
+    "Samples/s of the demo's logprob rating: one process (1 thread, all threads) vs worker processes of 1 thread."
+    from llm_curate.data import load_samples
+    from llm_curate.pipeline import demo_pool
+    from llm_curate.rate_local import TransformersRater
+    cpus = os.cpu_count() or 1
+    w = workers or min(4, cpus)
+    ds = load_samples(str(demo_pool()), progress=False).select(range(n))
+    kw = dict(mode='logprob', max_sample_tokens=sample_tokens, logprob_prefill='Overall rating: ', name='smollm2:demo')
+    TransformersRater('smollm2', **kw).tokenizer()   # converts the GGUF file once, outside the timings
+    ways = [('1 process x 1 thread', dict(num_threads=1)), (f'1 process x {cpus} threads', dict(num_threads=cpus)),
+            (f'{w} processes x 1 thread', dict(workers=w, num_threads=1))]
+    print(f'demo rating of {n} samples (cut to {sample_tokens} tokens), {cpus} CPUs, load {os.getloadavg()[0]:.1f}:')
+    base = None
+    for label, extra in ways:
+        t0 = time.perf_counter()
+        df = TransformersRater('smollm2', **kw, **extra).rate(ds, progress=False)
+        dt = time.perf_counter() - t0
+        base = base or dt
+        print(f'  {label:<24}: {n / dt:7.1f} samples/s  {dt:6.1f} s  ({base / dt:.2f}x the first; {int((df.status == "ok").sum())} ok; '
+              f'load {os.getloadavg()[0]:.1f})', flush=True)
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--model', default='smollm2', choices=['smollm2', 'llama-8b', 'llama-tiny'])
@@ -91,7 +122,10 @@ def main(argv=None):
     ap.add_argument('--our-batch', type=int, default=None, help='our prompts per forward pass (default 8 CPU / 64 GPU)')
     ap.add_argument('--threads', type=int, default=None, help='torch CPU threads (1 is far faster on a busy shared machine)')
     ap.add_argument('--layers', type=int, default=None, help='override the Llama layer count (smoke tests)')
+    ap.add_argument('--scaling', type=int, default=None, metavar='N', help='only the CPU process/thread comparison on N samples')
+    ap.add_argument('--workers', type=int, default=None, help='worker processes for --scaling (default min(4, CPUs))')
     a = ap.parse_args(argv)
+    if a.scaling: return scaling(a.scaling, workers=a.workers)
     import torch
     if a.threads: torch.set_num_threads(a.threads)
     device = a.device or ('cuda' if torch.cuda.is_available() else 'cpu')

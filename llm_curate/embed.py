@@ -4,16 +4,16 @@
 
 # %% ../nbs/02_embed.ipynb #32baecaf
 from __future__ import annotations
-import hashlib, json, logging, os, re, time
+import contextlib, hashlib, json, logging, os, re, time
 from pathlib import Path
 from typing import Sequence
 import numpy as np
 from .data import need, atomic_write, atomic_dir, default_cache_dir, render_conversation, iter_samples
 
 # %% auto #0
-__all__ = ['logger', 'DEFAULT_MODEL', 'BACKENDS', 'resolve_embed_model', 'EmbeddingCache', 'load_embedder', 'resolve_backend',
-           'embed_texts', 'onnx_int8_model', 'OnnxEmbedder', 'save_embeddings', 'load_embeddings', 'embed_texts_ray',
-           'embed_samples', 'add_cli']
+__all__ = ['logger', 'DEFAULT_MODEL', 'BACKENDS', 'resolve_embed_model', 'EmbeddingCache', 'load_embedder', 'encode',
+           'native_bf16', 'resolve_backend', 'embed_texts', 'onnx_int8_model', 'OnnxEmbedder', 'save_embeddings',
+           'load_embeddings', 'embed_texts_ray', 'embed_samples', 'add_cli']
 
 # %% ../nbs/02_embed.ipynb #eda72ca2
 logger = logging.getLogger(__name__)
@@ -104,8 +104,8 @@ class EmbeddingCache:
 _MODELS: dict = {}
 
 def load_embedder(path: str, device: str | None = None, backend: str = 'torch'):
-    "A SentenceTransformer (backend 'torch') or an `OnnxEmbedder` ('onnx-int8') for `path` on `device` (memoised per process; callers restore any setting they change)."
-    key = (path, device, backend)
+    "A SentenceTransformer (backends 'torch', 'torch-bf16') or an `OnnxEmbedder` ('onnx-int8') for `path` on `device` (memoised per process; callers restore any setting they change)."
+    key = (path, device, 'onnx-int8' if backend == 'onnx-int8' else 'torch')
     if key not in _MODELS:
         if backend == 'onnx-int8': _MODELS[key] = OnnxEmbedder(onnx_int8_model(path))
         else:
@@ -113,13 +113,33 @@ def load_embedder(path: str, device: str | None = None, backend: str = 'torch'):
             _MODELS[key] = st.SentenceTransformer(path, device=device)
     return _MODELS[key]
 
-def resolve_backend(backend: str | None,  # 'torch', 'onnx-int8', or None = the default ('torch')
+def encode(m,              # from `load_embedder`
+           backend: str,   # the backend it was loaded for
+           texts: list,    # texts to embed
+           **kw,           # more `encode` arguments (batch_size, ...)
+          ) -> np.ndarray: # (len(texts), d) float32 unit rows
+    "Embed texts with a loaded model: 'torch-bf16' runs it under CPU bfloat16 autocast, the others as they are."
+    ctx = need('torch', 'embed').autocast('cpu', dtype=need('torch', 'embed').bfloat16) if backend == 'torch-bf16' else contextlib.nullcontext()
+    with ctx: E = m.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False, **kw)
+    return np.asarray(E, np.float32)
+
+def native_bf16() -> bool:
+    "Does this CPU compute bfloat16 natively (AMX or AVX512-BF16)? Elsewhere bfloat16 is emulated and slower than float32."
+    try:
+        cpu = need('torch', 'embed').cpu
+        return bool(getattr(cpu, '_is_amx_tile_supported', lambda: False)() or getattr(cpu, '_is_avx512_bf16_supported', lambda: False)())
+    except Exception: return False
+
+def resolve_backend(backend: str | None,     # 'torch', 'torch-bf16', 'onnx-int8', or None = the default for `device`
+                    device: str | list | None = None,  # where it runs: None / 'cpu' = this CPU, 'cuda…' or a device list
                    ) -> str:
-    "None -> 'torch'; 'onnx-int8' is opt-in (its vectors depend on the batch a text is embedded in; see 'A faster CPU backend')."
+    "None -> 'torch-bf16' on a CPU with native bfloat16 (same vectors to cosine 0.9999, about 1.6x faster), else 'torch'; 'onnx-int8' is opt-in."
     if backend is not None:
         if backend not in BACKENDS: raise ValueError(f"The 'backend' parameter of embed_texts must be one of {BACKENDS} or None. Got {backend!r} instead.")
         return backend
-    return 'torch'
+    if isinstance(device, (list, tuple)) or (device is not None and str(device) != 'cpu'): return 'torch'
+    if device is None and need('torch', 'embed').cuda.is_available(): return 'torch'
+    return 'torch-bf16' if native_bf16() else 'torch'
 
 def _text_id(t: str) -> str:
     return 'sha1:' + hashlib.sha1(t.encode('utf-8')).hexdigest()
@@ -133,7 +153,7 @@ def embed_texts(texts: Sequence[str],       # N texts (e.g. render_conversation(
                 progress: bool = True,      # tqdm bar
                 chunk_size: int = 8192,     # texts embedded (and cached) per step
                 max_seq_length: int | None = None,  # truncate texts to this many tokens (default: the model's)
-                backend: str | None = None, # 'torch' (default), or 'onnx-int8' (CPU, faster, batch-dependent vectors)
+                backend: str | None = None, # 'torch', 'torch-bf16', 'onnx-int8' (CPU, faster, batch-dependent vectors); None = `resolve_backend`
                ) -> np.ndarray:             # (N, d) float32, unit-norm rows
     "Embed texts with sentence-transformers: length-sorted batches, L2-normalised float32 rows, cached by model, length limit and text."
     texts = list(texts)
@@ -144,10 +164,10 @@ def embed_texts(texts: Sequence[str],       # N texts (e.g. render_conversation(
     if ids is not None and len(ids) != len(texts): raise ValueError(f"ids has {len(ids)} entries but there are {len(texts)} texts: pass one id per text.")
     ids = [_text_id(t) for t in texts]   # the cache key: the text itself, so an edited sample or another pool's same id never reuses a row
     path, name = resolve_embed_model(model)
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, device)
     if backend != 'torch':
         if isinstance(device, (list, tuple)): raise ValueError(f"backend={backend!r} runs on one CPU process; pass backend='torch' for a device list.")
-        name = f'{name}@{backend}'   # its rows are cached apart from the PyTorch model's
+        name = f'{name}@{backend}'   # its rows are cached apart from the float32 PyTorch model's
     cache = None if cache_dir is False else EmbeddingCache(Path(cache_dir) if cache_dir else default_cache_dir() / 'embeddings', name, max_seq_length)
     uniq = list(dict.fromkeys(ids))
     first_text = dict(zip(ids, texts))
@@ -168,9 +188,7 @@ def embed_texts(texts: Sequence[str],       # N texts (e.g. render_conversation(
         try:
             for s in range(0, len(todo_ids), chunk_size):
                 chunk = todo_ids[s:s + chunk_size]
-                E = m.encode([first_text[i] for i in chunk], batch_size=batch_size, normalize_embeddings=True,
-                             convert_to_numpy=True, show_progress_bar=False, pool=pool)
-                E = np.asarray(E, np.float32)
+                E = encode(m, backend, [first_text[i] for i in chunk], batch_size=batch_size, pool=pool)
                 if cache is not None: cache.put(chunk, E)
                 else: fresh.update(zip(chunk, E))
                 if bar is not None: bar.update(len(chunk))
@@ -183,7 +201,7 @@ def embed_texts(texts: Sequence[str],       # N texts (e.g. render_conversation(
     return X
 
 # %% ../nbs/02_embed.ipynb #c315e8d4
-BACKENDS = ('torch', 'onnx-int8')
+BACKENDS = ('torch', 'torch-bf16', 'onnx-int8')
 
 def _mean_pooling_model(path: Path) -> bool:
     "True for a sentence-transformers folder that is Transformer -> mean Pooling (-> Normalize), like MiniLM."
@@ -298,18 +316,16 @@ def load_embeddings(path: str | os.PathLike,  # folder written by `save_embeddin
 
 # %% ../nbs/02_embed.ipynb #69a7a4d5
 class _EmbedReplica:
-    "One embedding model (sentence-transformers, or the ONNX int8 backend) inside a Ray Data actor."
+    "One embedding model (sentence-transformers, under bfloat16 autocast or not, or the ONNX int8 backend) inside a Ray Data actor."
     def __init__(self, path: str, device: str | None, max_seq_length: int | None, num_threads: int | None, backend: str = 'torch'):
         if num_threads:
             import torch
             torch.set_num_threads(num_threads)
-        self.model = load_embedder(path, device, backend)
+        self.model, self.backend = load_embedder(path, device, backend), backend
         if max_seq_length: self.model.max_seq_length = max_seq_length
 
     def __call__(self, batch: dict) -> dict:
-        E = self.model.encode(list(batch['text']), batch_size=len(batch['text']), normalize_embeddings=True,
-                              convert_to_numpy=True, show_progress_bar=False)
-        return {'i': batch['i'], 'emb': np.asarray(E, np.float32)}
+        return {'i': batch['i'], 'emb': encode(self.model, self.backend, list(batch['text']), batch_size=len(batch['text']))}
 
 def embed_texts_ray(texts: Sequence[str],          # N texts
                     model: str | None = None,      # sentence-transformers hub id or folder (see `embed_texts`)
@@ -319,7 +335,7 @@ def embed_texts_ray(texts: Sequence[str],          # N texts
                     batch_size: int = 64,          # texts per actor call
                     max_seq_length: int | None = None,  # truncate texts to this many tokens (default: the model's)
                     num_threads: int | None = None,     # torch threads per CPU actor (default: torch's)
-                    backend: str | None = None,    # 'torch', 'onnx-int8', or None = as `embed_texts` chooses (same vectors)
+                    backend: str | None = None,    # 'torch', 'torch-bf16', 'onnx-int8', or None = `resolve_backend` for the actors' device
                     address: str | None = None,    # Ray cluster address; None = the running one, or a new local one
                     init_kw: dict | None = None,   # more `ray.init` arguments for a new local cluster (e.g. num_cpus=2)
                     progress: bool = False,        # Ray Data progress bars
@@ -338,7 +354,7 @@ def embed_texts_ray(texts: Sequence[str],          # N texts
     gpus = ray.cluster_resources().get('GPU', 0)
     ng = (1 if gpus else 0) if num_gpus is None else num_gpus
     reps = replicas or (max(1, int(gpus // ng)) if ng else 1)
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, 'cuda' if ng else 'cpu')
     order = np.argsort([-len(t) for t in texts], kind='stable')
     ds = ray.data.from_items([{'i': int(j), 'text': texts[j]} for j in order])
     ds = ds.map_batches(_EmbedReplica, fn_constructor_kwargs={'path': path, 'device': 'cuda' if ng else None,
@@ -385,7 +401,7 @@ def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
     p.add_argument('--batch-size', type=int, default=64, help='texts per forward pass')
     p.add_argument('--device', help="'cpu', 'cuda', or a comma-separated list of devices (multi-process pool)")
     p.add_argument('--max-seq-length', type=int, help='truncate texts to this many tokens')
-    p.add_argument('--backend', choices=BACKENDS, help='torch (default), or onnx-int8 (CPU, int8 ONNX export: faster, but a text\'s vector depends on its batch)')
+    p.add_argument('--backend', choices=BACKENDS, help='torch (float32), torch-bf16 (the default on CPUs with native bfloat16: ~1.6x faster, cosine 0.9999 to float32) or onnx-int8 (CPU, int8 ONNX export: faster, but a text\'s vector depends on its batch)')
     p.add_argument('--cache-dir', help='embedding cache root (default $LLM_CURATE_CACHE/embeddings)')
     p.add_argument('--no-cache', action='store_true', help='do not read or write the cache')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')

@@ -10,7 +10,7 @@ from .data import need, default_cache_dir
 import hashlib, shutil, tempfile
 
 # %% auto #0
-__all__ = ['logger', 'smollm2_gguf', 'minilm_path', 'resolve_model', 'load_causal_lm']
+__all__ = ['logger', 'smollm2_gguf', 'minilm_path', 'resolve_model', 'load_tokenizer', 'load_causal_lm']
 
 # %% ../nbs/00b_models.ipynb #3d48ef27
 logger = logging.getLogger(__name__)
@@ -93,6 +93,26 @@ def _convert_gguf(tf, name: str, gguf_file: str, dest: Path, progress: bool):
     logger.info("converted %s/%s to %s", name, gguf_file, dest)
 
 # %% ../nbs/00b_models.ipynb #77553f3d
+def _resolve_and_tokenizer(tf, model, gguf_file, progress: bool, cache: bool) -> tuple:
+    "(name, gguf file or None, tokenizer) of a model: GGUF files converted into the cache first; left padding, a pad token."
+    name, gg = resolve_model(model, gguf_file)
+    if gg: need('gguf', 'train')
+    if not progress: tf.utils.logging.disable_progress_bar()
+    conv = _gguf_cache_dir(name, gg) if gg and cache else None
+    if conv is not None and not (conv / 'config.json').exists():
+        _convert_gguf(tf, name, gg, conv, progress)
+    if conv is not None: name, gg = str(conv), None
+    tok = tf.AutoTokenizer.from_pretrained(name, **({'gguf_file': gg} if gg else {}))
+    if tok.pad_token is None: tok.pad_token = tok.eos_token
+    tok.padding_side = 'left'
+    return name, gg, tok
+
+def load_tokenizer(model: str | os.PathLike,   # HF id, local folder, .gguf path, or 'smollm2'
+                   gguf_file: str | None = None, # GGUF file name inside a folder / hub repo
+                  ):                             # the tokenizer `load_causal_lm` would return (left padding, a pad token)
+    "The tokenizer of a causal LM without its weights (a GGUF file is still converted into the cache, once)."
+    return _resolve_and_tokenizer(need('transformers', 'train'), model, gguf_file, False, True)[2]
+
 def load_causal_lm(model: str | os.PathLike,   # HF id, local folder, .gguf path, or 'smollm2'
                    gguf_file: str | None = None, # GGUF file name inside a folder / hub repo
                    dtype=None,                    # torch dtype or its name ('bfloat16'); default bf16 on GPU, fp32 on CPU
@@ -103,20 +123,11 @@ def load_causal_lm(model: str | os.PathLike,   # HF id, local folder, .gguf path
                   ):
     "Load `(model, tokenizer)` for a causal LM, the same way for every stage of the pipeline."
     torch = need('torch', 'train'); tf = need('transformers', 'train')
-    name, gg = resolve_model(model, gguf_file)
-    if gg: need('gguf', 'train')
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if dtype is None: dtype = torch.bfloat16 if str(device).startswith('cuda') else torch.float32
     elif isinstance(dtype, str): dtype = getattr(torch, dtype)
-    if not progress: tf.utils.logging.disable_progress_bar()
-    conv = _gguf_cache_dir(name, gg) if gg and cache else None
-    if conv is not None and not (conv / 'config.json').exists():
-        _convert_gguf(tf, name, gg, conv, progress)
-    if conv is not None: name, gg = str(conv), None
+    name, gg, tok = _resolve_and_tokenizer(tf, model, gguf_file, progress, cache)
     extra = {'gguf_file': gg} if gg else {}
-    tok = tf.AutoTokenizer.from_pretrained(name, **extra)
-    if tok.pad_token is None: tok.pad_token = tok.eos_token
-    tok.padding_side = 'left'
     with _quiet_gguf(bool(gg) and not progress):
         m = tf.AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **extra, **kw)
     m.to(device).eval()

@@ -42,6 +42,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {  # section -> key -> (accepted types, de
              'scores': ((str, list, type(None)), None, 'use existing ratings (Parquet/CSV with id, score) instead of rating; a list of files = several raters')},
     'embed': {'model': ((str, type(None)), None, 'sentence-transformers model; the bundled MiniLM when null and offline'),
               'batch_size': (int, 64, 'texts per batch'),
+              'backend': ((str, type(None)), None, "'torch', 'torch-bf16' or 'onnx-int8'; null: torch-bf16 on CPUs with native bfloat16, else torch"),
               'device': ((str, list, type(None)), None, 'device or list of devices'),
               'embeddings': ((str, type(None)), None, 'use a saved embeddings folder instead of embedding')},
     'curate': {'k': (int, 10, 'voters per sample (itself and k-1 neighbours)'), 'confidence': (_NUM, 0.5, 'replace a score where P(suggested score) >= this'),
@@ -93,10 +94,12 @@ def _check_names(out: dict, base: Path) -> list:
     from llm_curate.data import FORMATS, FORMAT_ALIASES
     from llm_curate.evaluate import BENCHMARKS
     from llm_curate.rate import BACKENDS
+    from llm_curate.embed import BACKENDS as EMBED_BACKENDS
     s, r, d = out.get('select', {}), out.get('rate', {}), out.get('data', {})
     problems = _one_of('select.method', s.get('method'), METHODS)
     for m in s.get('compare') or []: problems += _one_of('select.compare', m, METHODS)
     problems += _one_of('rate.backend', r.get('backend'), [b for b in BACKENDS if b != 'function'])
+    problems += _one_of('embed.backend', (out.get('embed') or {}).get('backend'), EMBED_BACKENDS)
     problems += _one_of('data.format', d.get('format'), list(FORMATS) + list(FORMAT_ALIASES))
     for t in (out.get('evaluate') or {}).get('tasks') or []: problems += _one_of('evaluate.tasks', t, BENCHMARKS)
     for sec, key in (('finetune', 'base_model'), ('embed', 'model')):
@@ -315,7 +318,7 @@ def _stage_rate(cfg, ctx: RunContext) -> str:
     return summary, (f"{failed:,} failed, will retry" if failed and not c['scores'] else None)
 
 def _stage_embed(cfg, ctx: RunContext) -> str:
-    from llm_curate.embed import embed_samples, load_embeddings, save_embeddings, resolve_embed_model
+    from llm_curate.embed import embed_samples, load_embeddings, save_embeddings, resolve_embed_model, resolve_backend
     c, out = cfg['embed'], ctx.run_dir / 'embeddings'
     if c['embeddings']:
         X, ids, meta = load_embeddings(c['embeddings'])
@@ -326,7 +329,9 @@ def _stage_embed(cfg, ctx: RunContext) -> str:
         save_embeddings(out, X[[pos[i] for i in want]], list(want), meta.get('model', 'unknown'), source=c['embeddings'])
         return f"{len(want):,} embeddings taken from {c['embeddings']}"
     _, name = resolve_embed_model(c['model'])
-    X, ids = embed_samples(ctx.samples(), model=c['model'], batch_size=c['batch_size'], device=c['device'], progress=ctx.progress)
+    backend = resolve_backend(c['backend'], c['device'])
+    X, ids = embed_samples(ctx.samples(), model=c['model'], batch_size=c['batch_size'], device=c['device'], progress=ctx.progress, backend=backend)
+    if backend != 'torch': name = f'{name}@{backend}'
     save_embeddings(out, X, ids, name)
     return f"{X.shape[0]:,} × {X.shape[1]} embeddings ({Path(name).name})"
 
@@ -646,8 +651,11 @@ def demo_config(run_dir: str | os.PathLike,     # where the demo writes everythi
     "The pipeline config of `llm_curate demo`."
     weak = rater == 'smollm2' and base_url is None
     rate = {'rater': rater, 'backend': backend, 'base_url': base_url}
-    if weak: rate.update(mode='logprob', max_sample_tokens=96, calibrate='quantile',
-                         options={'num_threads': max(1, (os.cpu_count() or 2) - 1)})  # one core left for the rest: torch threads spin on a busy CPU
+    if weak:  # worker processes of few threads each: torch's threads spin-wait, so one process of many threads crawls on a busy CPU
+        cpus = os.cpu_count() or 1
+        workers = min(4, cpus)
+        rate.update(mode='logprob', max_sample_tokens=96, calibrate='quantile',
+                    options={'workers': workers, 'num_threads': max(1, cpus // workers)})
     return {'run_dir': str(run_dir), 'name': 'llm_curate demo: DS2 on 5,000 T0 samples',
             'data': {'source': str(demo_pool()), 'limit': limit}, 'rate': rate,
             'embed': {}, 'curate': {}, 'select': {'method': 'ds2', 'budget': budget, 'compare': DEMO_COMPARE},

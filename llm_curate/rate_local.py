@@ -338,14 +338,23 @@ class TransformersRater(Rater):
                  top_k: int = 20,                # logprob mode: unparsed when no score token is among the top_k next tokens
                  num_threads: int | None = None, # CPU: torch intra-op threads while this rater computes (restored after each call); None = leave as is
                  logprob_prefill: str | None = None, # logprob mode: start the judge's answer with this text, e.g. 'Overall rating: '
-                 batch_size: int = 256,          # requests per `_complete` call (length sorting happens inside each call)
+                 workers: int | None = None,     # CPU: answer in this many worker processes of `num_threads` threads each (None or 1: in this process)
+                 batch_size: int = 256,          # requests per `_complete` call (length sorting happens inside each call; shared among workers)
                  **kw):                          # Rater options: rubric, mode, max_sample_tokens, max_tokens, max_reasks, name
         if isinstance(model, tuple): self._loaded, model = model, getattr(model[0], 'name_or_path', 'model')
         else: self._loaded = None
         super().__init__(model, batch_size=batch_size, **kw)
         self.device, self.dtype, self.gguf_file, self.forward_batch = device, dtype, gguf_file, forward_batch
         self.max_batch_tokens, self.prefix_cache, self.top_k, self.num_threads = max_batch_tokens, prefix_cache, top_k, num_threads
-        self.logprob_prefill, self._engine = logprob_prefill, None
+        self.logprob_prefill, self.workers, self._engine, self._pool, self._tok = logprob_prefill, workers, None, None, None
+
+    def _check(self):
+        super()._check()
+        w = self.workers
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+            raise ValueError(f"The 'workers' parameter of TransformersRater must be None or an int >= 1. Got {w!r} instead.")
+        if (w or 1) > 1 and self._loaded is not None:
+            raise ValueError("TransformersRater(workers > 1) loads the model in each worker process: pass its name or path, not a loaded (model, tokenizer) pair.")
 
     def engine(self) -> LocalEngine:
         "The engine, loading the model on first use."
@@ -363,12 +372,52 @@ class TransformersRater(Rater):
                                        prefix_cache=self.prefix_cache, top_k=self.top_k)
         return self._engine
 
+    def tokenizer(self):
+        "The model's tokenizer; with worker processes, loaded here without the weights (the workers hold the model)."
+        if self._engine is not None or (self.workers or 1) <= 1 or self._loaded is not None: return self.engine().tokenizer
+        if self._tok is None:
+            from llm_curate.models import load_tokenizer
+            self._tok = load_tokenizer(self.model, self.gguf_file)
+        return self._tok
+
     def count_tokens(self, text: str) -> int:
         "Token count with the model's tokenizer (used by the rubric to cut long samples in the middle)."
-        return len(self.engine().tokenizer.encode(text, add_special_tokens=False))
+        return len(self.tokenizer().encode(text, add_special_tokens=False))
 
-    def _complete(self, requests: list) -> list:
-        with _torch_threads(self.num_threads): return self._complete_batch(requests)
+    def _worker_kw(self) -> dict:
+        "What a worker process needs to build this rater's engine (plain JSON values)."
+        return dict(model=str(self.model), device=self.device or 'cpu', dtype=self.dtype, gguf_file=self.gguf_file,
+                    forward_batch=self.forward_batch, max_batch_tokens=self.max_batch_tokens, prefix_cache=self.prefix_cache,
+                    top_k=self.top_k, num_threads=self.num_threads or 1, rubric=self.rubric.to_dict(), mode=self.mode,
+                    logprob_prefill=self.logprob_prefill)
+
+    def _run(self, jobs, store, bar):
+        if (self.workers or 1) <= 1: return super()._run(jobs, store, bar)
+        self.tokenizer()   # first: converts a GGUF file into the cache before the workers read it
+        self._pool = [_Worker(self._worker_kw()) for _ in range(self.workers)]
+        try: return super()._run(jobs, store, bar)
+        finally:
+            for w in self._pool: w.close()
+            self._pool = None
+
+    def _complete(self, requests: list):
+        if self._pool is None:
+            with _torch_threads(self.num_threads): return self._complete_batch(requests)
+        return self._complete_in_workers(requests)
+
+    def _complete_in_workers(self, requests: list):
+        "Deal the requests to the worker processes by length (round robin: equal work); yield each share's results."
+        size = lambda r: sum(len(m['content']) for m in r['messages'])
+        order = sorted(requests, key=size, reverse=True)
+        shares = [(w, order[i::len(self._pool)]) for i, w in enumerate(self._pool)]
+        shares = [(w, sh) for w, sh in shares if sh]
+        for w, sh in shares: w.send(sh)          # all workers compute at once
+        for w, sh in shares:
+            try: yield from w.receive()
+            except Exception as e:   # a dead worker fails its share (retried on the next run), not the run
+                logger.error('a rating worker process failed on %d requests: %s', len(sh), e)
+                yield from ({'key': r['key'], 'text': None, 'score_probs': None, 'prompt_tokens': 0, 'completion_tokens': 0,
+                             'error': f'worker process failed: {e}', 'truncated': False} for r in sh)
 
     def _complete_batch(self, requests: list) -> list:
         eng, out = self.engine(), []
@@ -395,6 +444,47 @@ class TransformersRater(Rater):
     def _generate(self, conversations: list, max_tokens: int, temperature: float) -> list:
         with _torch_threads(self.num_threads):
             return [x['text'] for x in self.engine().generate(conversations, max_new_tokens=max_tokens, temperature=temperature)]
+
+class _Worker:
+    "A rating worker: a Python process running `_worker_main`, fed JSON lines of requests on stdin, answering JSON lines of results."
+    def __init__(self, kw: dict):
+        import subprocess, sys
+        self.p = subprocess.Popen([sys.executable, '-c', 'from llm_curate.rate_local import _worker_main; _worker_main()'],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.p.stdin.write(json.dumps(kw) + '\n'); self.p.stdin.flush()
+
+    def send(self, requests: list):
+        self.p.stdin.write(json.dumps(requests) + '\n'); self.p.stdin.flush()
+
+    def receive(self) -> list:
+        line = self.p.stdout.readline()
+        if not line: raise RuntimeError(f'the worker process exited (code {self.p.wait()})')
+        out = json.loads(line)
+        if isinstance(out, dict): raise RuntimeError(out['error'])
+        return out
+
+    def close(self):
+        try: self.p.stdin.close()
+        except OSError: pass
+        try: self.p.wait(timeout=30)
+        except Exception: self.p.kill(); self.p.wait()
+
+def _worker_main():
+    "Entry point of a worker process: build the rater from the first stdin line, then answer one line of requests at a time."
+    import sys
+    from llm_curate.rubric import Rubric
+    kw = json.loads(sys.stdin.readline())
+    need('torch', 'train').set_num_threads(kw['num_threads'])
+    try: rater = TransformersRater(**{**kw, 'rubric': Rubric(**kw['rubric'])}); rater.engine()
+    except Exception as e: rater, err = None, f'{type(e).__name__}: {e}'
+    for line in sys.stdin:
+        if rater is None: out = {'error': f'the worker could not load the model: {err}'}
+        else:
+            try:
+                with _torch_threads(rater.num_threads): out = rater._complete_batch(json.loads(line))
+            except Exception as e: out = {'error': f'{type(e).__name__}: {e}'}
+        sys.stdout.write(json.dumps(out) + '\n'); sys.stdout.flush()
+
 
 # %% ../nbs/01i_rate_local.ipynb #3675486f
 def rubric_json_schema(rubric=DS2_RUBRIC, # the rubric: its criteria and raw scale

@@ -148,3 +148,18 @@ def test_onnx_backend_rows_cached_apart(tmp_path):
     assert (A * B).sum(1).min() > 0.97 and not np.array_equal(A, B)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['sentence-transformers__all-MiniLM-L6-v2',
                                                           'sentence-transformers__all-MiniLM-L6-v2__onnx-int8']
+
+
+def test_bf16_backend_close_batch_independent_cached_apart(tmp_path):
+    "bfloat16 autocast rows: close to float32 but computed in bfloat16, the same alone as in a batch, cached under their own name."
+    from llm_curate.embed import embed_texts, resolve_backend, native_bf16
+    texts = ['How do I sort a list in Python?', 'Paris is the capital of France.', 'Write a haiku about rain on a tin roof at night.']
+    A = embed_texts(texts, backend='torch', cache_dir=tmp_path, progress=False)
+    B = embed_texts(texts, backend='torch-bf16', cache_dir=tmp_path, progress=False)
+    assert (A * B).sum(1).min() > 0.999 and np.abs(A - B).max() > 1e-4     # really bfloat16, and still the same direction
+    alone = np.stack([embed_texts([t], backend='torch-bf16', cache_dir=False, progress=False)[0] for t in texts])
+    assert (alone * B).sum(1).min() > 0.9999                               # a row does not depend on its batch
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['sentence-transformers__all-MiniLM-L6-v2',
+                                                          'sentence-transformers__all-MiniLM-L6-v2__torch-bf16']
+    assert resolve_backend(None, 'cpu') == ('torch-bf16' if native_bf16() else 'torch')
+    assert resolve_backend(None, 'cuda:0') == 'torch' and resolve_backend(None, ['cpu', 'cpu']) == 'torch'

@@ -169,3 +169,15 @@ def test_curate_stage_goes_through_curate_ratings(tmp_path):
     pd.concat([table, table.iloc[[5]]]).to_parquet(tmp_path / 'ratings.parquet')
     with pytest.raises(ValueError, match="'s5' is rated more than once"):
         _stage_curate(cfg, RunContext(tmp_path, progress=False))
+
+
+def test_embed_backend_checked_and_recorded(tmp_path, scores_file):
+    "embed.backend: a misspelt backend is refused before any stage with a did-you-mean; the chosen one names the embeddings."
+    from llm_curate.pipeline import validate_config
+    from llm_curate.embed import load_embeddings
+    with pytest.raises(ValueError, match=r"embed.backend: unknown 'torch-bf61' \(did you mean 'torch-bf16'\?\)"):
+        validate_config(config(tmp_path, scores_file, embed={'backend': 'torch-bf61'}))
+    cfg = config(tmp_path, scores_file, embed={'backend': 'torch-bf16'}, data={'limit': 60}, select={'compare': []})
+    Pipeline(cfg, progress=False).run()
+    _, ids, meta = load_embeddings(tmp_path / 'run' / 'embeddings')
+    assert len(ids) == 60 and meta['model'].endswith('@torch-bf16')

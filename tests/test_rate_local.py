@@ -189,6 +189,32 @@ def test_rater_batch_failure_is_failed_not_a_score(smol):
     assert (df.status == 'failed').all() and df.error.str.contains('out of memory').all() and df.score.isna().all()
 
 
+def test_rater_workers_match_in_process(smol, tmp_path):
+    "Two worker processes give the in-process ratings (float32: only batch-shape rounding differs) and store them the same way."
+    kw = dict(mode='logprob', max_sample_tokens=64, logprob_prefill='Overall rating: ', name='smol:lp')
+    here = TransformersRater(smol, **kw).rate(pool(10), progress=False)
+    r = TransformersRater('smollm2', dtype='float32', workers=2, num_threads=1, **kw)
+    there = r.rate(pool(10), out=tmp_path, progress=False)
+    assert r._engine is None                       # the parent loaded the tokenizer only; the workers held the model
+    assert list(there.id) == list(here.id) and (there.status == 'ok').all()
+    np.testing.assert_allclose(np.stack(there.score_probs), np.stack(here.score_probs), atol=1e-4)
+    assert list(there.score) == list(here.score)
+    assert len(export_ratings(tmp_path)) == 10
+
+
+def test_rater_workers_failure_is_failed_and_retried(tmp_path):
+    "Workers that cannot load the model fail their samples with the reason (the run ends); a fixed rerun rates them."
+    kw = dict(mode='logprob', max_sample_tokens=64, logprob_prefill='Overall rating: ', name='smol:lp')
+    bad = TransformersRater('smollm2', dtype='no_such_dtype', workers=2, num_threads=1, **kw).rate(pool(4), out=tmp_path, progress=False)
+    assert (bad.status == 'failed').all() and bad.error.str.contains('could not load the model').all()
+    good = TransformersRater('smollm2', dtype='float32', workers=2, num_threads=1, **kw).rate(pool(4), out=tmp_path, progress=False)
+    assert (good.status == 'ok').all()
+    with pytest.raises(ValueError, match="'workers' parameter of TransformersRater must be None or an int >= 1"):
+        TransformersRater('smollm2', workers=0).rate(pool(1), progress=False)
+    with pytest.raises(ValueError, match='not a loaded'):
+        TransformersRater((object(), object()), workers=2).rate(pool(1), progress=False)
+
+
 def test_rater_chat(smol):
     r = TransformersRater(smol)
     out = r.chat([[{'role': 'user', 'content': 'What is the capital of France?'}]], max_tokens=12)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .data import need, atomic_write, atomic_dir, read_table
-from .rubric import DS2_RUBRIC
+from .rubric import DS2_RUBRIC, Rubric, compress_probs
 from .knn import knn_graph, check_embeddings, KNNGraph
 from .embed import load_embeddings, save_embeddings
 from .data import align_ids
@@ -21,8 +21,8 @@ __all__ = ['logger', 'LOW_CLUSTERABILITY', 'check_scores', 'consensus_counts', '
            'neighbour_votes', 'flag_fraction', 'longtail_score', 'share_loss_grad', 'fit_noise_model',
            'near_pair_agreement', 'self_agreement', 'cap_noise', 'share_by_rank', 'neighbour_loglik', 'fit_temperature',
            'posterior_levels', 'ScoreCurator', 'CurationReport', 'gold_transition', 'curate_scores',
-           'plot_transition_matrix', 'plot_curation', 'scores_from_ratings', 'curate_ratings', 'summary', 'add_cli',
-           'make_noisy_scores', 'ordinal_noise', 'empirical_T']
+           'plot_transition_matrix', 'plot_curation', 'rating_scale', 'scores_from_ratings', 'curate_ratings',
+           'summary', 'add_cli', 'make_noisy_scores', 'ordinal_noise', 'empirical_T']
 
 # %% ../nbs/04_curate.ipynb #d120b4b3
 _all_ = ['make_noisy_scores', 'ordinal_noise', 'empirical_T']
@@ -738,10 +738,24 @@ def plot_curation(report: CurationReport,  # from `curate_scores`
     return fig
 
 # %% ../nbs/04_curate.ipynb #fe28dba0
+def rating_scale(table: pd.DataFrame,       # rating table; its `rubric` column and `attrs['rubrics']` (Parquet metadata) are read
+                 rubric: Rubric | dict | None = None,  # the rubric the ratings were made under (or its `Rubric.scale`); overrides the table's
+                ) -> dict | None:            # raw_min, raw_max, n_levels, cuts (and name); None when the table's rubric is not known
+    "The raw scale and level cuts the ratings of a table were made under: `rubric`, else the table's metadata, else DS2's when it names no other."
+    if rubric is not None: return rubric.scale if isinstance(rubric, Rubric) else dict(rubric)
+    vs = [str(v) for v in pd.unique(table['rubric'].dropna())] if 'rubric' in table.columns else []
+    known = {**{DS2_RUBRIC.version: DS2_RUBRIC.scale}, **table.attrs.get('rubrics', {})}
+    if not vs: return DS2_RUBRIC.scale
+    if any(v not in known for v in vs): return None
+    sc = {json.dumps([known[v][f] for f in ('raw_min', 'raw_max', 'n_levels')] + [list(known[v]['cuts'])]): known[v] for v in vs}
+    if len(sc) > 1: raise ValueError(f"The rating table mixes rubrics with different scales ({', '.join(vs)}): curate the ratings of one rubric at a time.")
+    return next(iter(sc.values()))
+
 def scores_from_ratings(table: pd.DataFrame,   # rating table: id, score, optionally status, rater, score_probs
                         rater: str | None = None,  # keep this rater's rows (required when several are present)
-                        soft: bool = False,    # use score_probs as (N, 6) distributions where every ok row has them
-                       ) -> tuple[list[str], np.ndarray, dict]:  # ids, scores (N,) or (N, 6), counts of what was used / left out
+                        soft: bool = False,    # use score_probs as (N, K) distributions where every ok row has them
+                        rubric: Rubric | dict | None = None,  # the rubric of the ratings (default: read from the table, see `rating_scale`)
+                       ) -> tuple[list[str], np.ndarray, dict]:  # ids, scores (N,) or (N, K), counts of what was used / left out (and the scale)
     "Scores of one rater from a rating table; rows that are not ok are excluded and counted."
     miss = {'id', 'score'} - set(table.columns)
     if miss: raise ValueError(f"The rating table lacks columns {sorted(miss)} (has {list(table.columns)}). It must come from a rating run's export (llm_curate rate ...).")
@@ -772,9 +786,15 @@ def scores_from_ratings(table: pd.DataFrame,   # rating table: id, score, option
     if dup.any(): raise ValueError(f"Sample id {t['id'].astype(str)[dup].iloc[0]!r} is rated more than once by the same rater: keep one row per (id, rater).")
     counts['used'] = len(t)
     ids = t['id'].astype(str).tolist()
+    scale = rating_scale(t, rubric)
+    if scale is not None: counts['scale'] = {k: scale[k] for k in ('name', 'raw_min', 'raw_max', 'n_levels', 'cuts') if k in scale}
     if soft and 'score_probs' in t.columns and t['score_probs'].notna().all() and len(t):
+        if scale is None:
+            raise ValueError(f"The rating table's rubric {', '.join(map(str, pd.unique(t['rubric'])))} is not known: its score_probs cannot be compressed "
+                             f"to levels with cuts that are not its own. Export the ratings with `llm_curate rate --export` (the table then carries "
+                             f"its rubric's scale) or pass rubric=... (the Rubric the ratings were made under).")
         R = np.stack([np.asarray(p, float) for p in t['score_probs']])
-        P = DS2_RUBRIC.level_probs(R)   # (N, 10) over raw ratings 1..10 -> (N, 6) over the levels
+        P = compress_probs(R, scale)   # (N, raw_max - raw_min + 1) over raw ratings -> (N, K) over the rubric's levels
         counts['soft'] = True
         return ids, P, counts
     if soft: logger.warning("soft scores asked for but score_probs are missing for some rows: using the integer scores.")
@@ -786,10 +806,14 @@ def curate_ratings(table: pd.DataFrame,       # rating table (see `scores_from_r
                    rater: str | None = None,  # rater to curate
                    soft: bool = False,        # use score_probs when present
                    gold=None,                 # {id: trusted level} or a table with id, score (see `curate_scores`)
+                   rubric: Rubric | dict | None = None,  # the rubric of the ratings (default: the table's, see `rating_scale`); K follows it
                    **kw,                      # `curate_scores` / `ScoreCurator` parameters
                   ) -> CurationReport:
     "Curate one rater's ok ratings against an embeddings folder."
-    ids, s, counts = scores_from_ratings(table, rater, soft)
+    ids, s, counts = scores_from_ratings(table, rater, soft, rubric)
+    K = counts.get('scale', {}).get('n_levels')
+    if K is not None and kw.setdefault('n_scores', K) != K and (rubric is not None or 'rubric' in table.columns):
+        raise ValueError(f"n_scores={kw['n_scores']} but the ratings' rubric {counts['scale'].get('name', '')!r} has {K} levels: leave n_scores out (it follows the rubric).")
     X, emb_ids, meta = load_embeddings(emb_dir, mmap=True)
     pos = align_ids(ids, emb_ids, f'the embeddings in {emb_dir} (they have no embedding)',
                     f"Embed the same samples you rated (llm_curate embed DATA --out {emb_dir}).", noun='rated ids')

@@ -11,7 +11,7 @@ import numpy as np
 from .data import render_conversation
 
 # %% auto #0
-__all__ = ['BEGIN', 'END', 'DS2_RUBRIC', 'to_levels', 'Rubric', 'cut_middle']
+__all__ = ['BEGIN', 'END', 'DS2_RUBRIC', 'to_levels', 'compress_probs', 'Rubric', 'cut_middle']
 
 # %% ../nbs/01a_rubric.ipynb #55c418f7
 BEGIN, END = '<<<BEGIN SAMPLE>>>', '<<<END SAMPLE>>>'
@@ -46,6 +46,17 @@ def to_levels(raw,             # raw ratings (scalar or any shape); non-integers
     "Compress raw ratings to ordered levels: the level is the number of cuts below the (rounded) rating."
     r = np.floor(np.asarray(raw, float) + 0.5)
     return (r[..., None] > np.asarray(cuts, float)).sum(-1)
+
+def compress_probs(probs_raw,      # (N, raw_max - raw_min + 1) or (raw_max - raw_min + 1,) probabilities of the raw ratings
+                   scale: dict,    # raw_min, raw_max, n_levels, cuts (`Rubric.scale`, or what a rating table carries)
+                  ) -> np.ndarray: # (N, n_levels) or (n_levels,) probabilities of the levels, rows renormalised
+    "Compress distributions over the raw ratings to distributions over the levels of a scale."
+    R = np.asarray(probs_raw, float)
+    lo, hi = int(scale['raw_min']), int(scale['raw_max'])
+    if R.shape[-1] != hi - lo + 1: raise ValueError(f"score_probs must hold {hi - lo + 1} probabilities (raw ratings {lo}..{hi}). Got {R.shape[-1]}.")
+    P = np.zeros(R.shape[:-1] + (int(scale['n_levels']),))
+    np.add.at(np.moveaxis(P, -1, 0), to_levels(np.arange(lo, hi + 1), tuple(scale['cuts'])), np.moveaxis(R, -1, 0))
+    return P / np.maximum(P.sum(-1, keepdims=True), 1e-12)
 
 @dataclass
 class Rubric:
@@ -86,12 +97,13 @@ class Rubric:
     def level_probs(self, probs_raw, # (N, raw_max - raw_min + 1) or (raw_max - raw_min + 1,) probabilities of the raw ratings
                    ) -> np.ndarray:  # (N, n_levels) or (n_levels,) probabilities of the levels, rows renormalised
         "Compress distributions over the raw ratings to distributions over the levels."
-        R = np.asarray(probs_raw, float)
-        n = self.raw_max - self.raw_min + 1
-        if R.shape[-1] != n: raise ValueError(f"score_probs must hold {n} probabilities (raw ratings {self.raw_min}..{self.raw_max}). Got {R.shape[-1]}.")
-        P = np.zeros(R.shape[:-1] + (self.n_levels,))
-        np.add.at(np.moveaxis(P, -1, 0), to_levels(np.arange(self.raw_min, self.raw_max + 1), self.cuts), np.moveaxis(R, -1, 0))
-        return P / np.maximum(P.sum(-1, keepdims=True), 1e-12)
+        return compress_probs(probs_raw, self.scale)
+
+    @property
+    def scale(self) -> dict:
+        "The raw scale and its compression to levels: what a rating table carries so that its soft scores are compressed by these cuts."
+        return {'name': self.name, 'version': self.version, 'raw_min': self.raw_min, 'raw_max': self.raw_max,
+                'n_levels': self.n_levels, 'cuts': list(self.cuts)}
 
     def to_dict(self) -> dict: return dataclasses.asdict(self)
 

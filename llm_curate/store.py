@@ -176,7 +176,10 @@ class RatingStore:
         if ids is not None:
             pos = {k: i for i, k in enumerate(ids)}
             df = df[df['id'].isin(pos)].assign(_o=lambda d: d['id'].map(pos)).sort_values('_o').drop(columns='_o')
-        return _typed(df)
+        df = _typed(df)
+        df.attrs['rubrics'] = {v: self.rubric(v).scale for v in df['rubric'].dropna().unique()
+                               if self.con.execute('SELECT 1 FROM rubrics WHERE version=?', (v,)).fetchone()}
+        return df
 
     def status(self) -> pd.DataFrame:
         "Counts per (rater, rubric): ok / unparsed / failed, tokens and cost."
@@ -267,4 +270,6 @@ def write_ratings(df: pd.DataFrame, path: str | os.PathLike):
                         ('prompt_tokens', pa.int64()), ('completion_tokens', pa.int64()), ('cost_usd', pa.float64()),
                         ('truncated', pa.bool_()), ('steering', pa.bool_())])
     table = pa.Table.from_pandas(_typed(df), schema=schema, preserve_index=False)
+    if df.attrs.get('rubrics'):   # the rubrics' scales travel with the ratings (pandas reads them back into df.attrs)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b'PANDAS_ATTRS': json.dumps({'rubrics': df.attrs['rubrics']}).encode()})
     with atomic_write(path, 'wb') as f: pq.write_table(table, f)

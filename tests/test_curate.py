@@ -88,9 +88,17 @@ def test_same_seed_identical_report(noisy, tmp_path):
 
 def test_subset_rounds_still_work(noisy):
     X, y, rated = noisy
-    rep = curate_scores(X, rated, sample_size=4000, hoc_rounds=10, detect_rounds=30)
+    # the default: HOC's consensus averaged over 10 random subsets of 4,000 (detection ranks the whole pool once)
+    rep = curate_scores(X, rated, sample_size=4000, hoc_rounds=10)
     assert np.abs(rep.transition_matrix - empirical_T(y, rated)).mean() <= 0.04
     assert f1(rep.frame.flagged.to_numpy(), rated != y) >= 0.85
+    assert not np.array_equal(rep.transition_matrix, curate_scores(X, rated).transition_matrix)   # the subsets were used
+    # the reference procedure: 30 detection rounds over subsets of 4,000, each with its own k-NN graph
+    cur = ScoreCurator(procedure='reference', sample_size=4000, hoc_rounds=10, detect_rounds=30).fit(X, rated)
+    assert cur.rounds_seen_.sum() == 30 * 4000 and cur.rounds_seen_.min() >= 5      # every sample seen in several rounds
+    assert len(np.unique(cur.error_prob_)) > 10                                     # votes counted over rounds, not one ranking
+    assert np.abs(cur.transition_matrix_ - empirical_T(y, rated)).mean() <= 0.04
+    assert f1(cur.flagged_, rated != y) >= 0.85
 
 
 def test_tiny_sample_size_never_flags_unsampled():
@@ -346,3 +354,40 @@ def test_cli_sets_k_and_longtail_k_apart(tmp_path, capsys):
     assert args.func(args) == 0
     p = CurationReport.load(tmp_path / 'rep').params
     assert (p['k'], p['longtail_k']) == (6, 15)
+
+
+def test_soft_scores_follow_the_rubric_they_were_rated_under(tmp_path):
+    "A rating table exported from a run carries its rubric's scale: score_probs are compressed with that rubric's cuts, K follows it."
+    from llm_curate.rubric import Rubric, DS2_RUBRIC
+    from llm_curate.store import RatingStore, _row_from_attempts, export_ratings
+    from llm_curate.data import read_table
+    from llm_curate.curate import scores_from_ratings, curate_ratings
+    from llm_curate.embed import save_embeddings
+    r4 = Rubric(name='four', system='', user_template='{conversation}', criteria=['Overall rating'], n_levels=4, cuts=(3, 6, 8))
+    X, y, rated = make_noisy_scores(300, T=ordinal_noise(4, 0.8), n_clusters=30, seed=15)
+    ids = [f's{i}' for i in range(300)]
+    raw_of = np.array([2, 5, 7, 10])                      # a raw rating of each level under r4 (DS2's cuts would give 0, 1, 3, 5)
+    R = np.full((300, 10), 0.01); R[np.arange(300), raw_of[rated] - 1] = 0.91
+    with RatingStore(tmp_path / 'run') as st:
+        st.add_rubric(r4)
+        for i in range(300):
+            att = [{'attempt': 0, 'mode': 'logprob', 'score_probs': R[i].tolist()}]
+            st.put(_row_from_attempts(ids[i], 'm:logprob', r4.version, r4, att, False), att)
+    export_ratings(tmp_path / 'run', tmp_path / 'ratings.parquet')
+    tab = read_table(tmp_path / 'ratings.parquet', required=('id', 'score'))
+    np.testing.assert_array_equal(tab['score'].to_numpy(), rated)          # the hard levels use r4's cuts already
+    got_ids, P, counts = scores_from_ratings(tab, soft=True)
+    assert got_ids == ids and P.shape == (300, 4) and counts['scale']['cuts'] == [3, 6, 8]
+    np.testing.assert_allclose(P, r4.level_probs(R))
+    np.testing.assert_array_equal(P.argmax(1), rated)
+    assert not np.allclose(P, DS2_RUBRIC.level_probs(R)[:, :4])               # DS2's cuts would move mass to other levels
+    save_embeddings(tmp_path / 'emb', X, ids, 'gen')
+    rep = curate_ratings(tab, tmp_path / 'emb', soft=True)
+    assert rep.params['n_scores'] == 4 and rep.transition_matrix.shape == (4, 4) and rep.params['soft_scores']
+    with pytest.raises(ValueError, match="rubric 'four' has 4 levels"):
+        curate_ratings(tab, tmp_path / 'emb', soft=True, n_scores=6)
+    # a table whose rubric is unknown (no metadata, e.g. rebuilt by hand): its soft scores are refused, not read with DS2's cuts
+    bare = tab.copy(); bare.attrs = {}
+    with pytest.raises(ValueError, match='cannot be compressed'):
+        scores_from_ratings(bare, soft=True)
+    np.testing.assert_allclose(scores_from_ratings(bare, soft=True, rubric=r4)[1], P)

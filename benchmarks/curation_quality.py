@@ -4,7 +4,7 @@
 Real text, each sample with a real label that is the truth: Auto-J user queries with their scenario (59 scenarios
 grouped into the 8 groups of the Auto-J paper, `default` left out), T0 prompts/completions with their dataset family
 (8 families, 600 samples each) and the Alpaca `random_9k` pool with the Claude verdict (kept by AlpaGasus or not,
-K=2; a seeded 3,000 of the 9,229). Texts are embedded with the bundled MiniLM (`llm_curate.embed`, cached as .npy). Seeded asymmetric noise is
+K=2; all 9,229). Texts are embedded with the bundled MiniLM (`llm_curate.embed`, cached as .npy). Seeded asymmetric noise is
 injected at 0% (the clean control: nothing should change), 25% and 40%: a wrong rating moves one level up with
 weight 0.7 and one level down with weight 0.3 (at the ends, the only neighbour), like a lenient judge.
 Generated data: well-clustered (`make_noisy_scores`: every neighbour shares the true score; ordinal noise, 30%)
@@ -15,7 +15,10 @@ Columns: T MAE (estimated vs empirical transition matrix), precision/recall/F1 o
 mis-rated samples, accuracy of the ratings before and after curation, share of scores changed, estimated vs true
 noise rate, estimated vs true clusterability (how often the nearest neighbour shares a sample's true score), and
 the number of scores changed at confidence 0.3 / 0.5 / 0.7. Rows for the default procedure and the reference-style
-one (random subsets, rank-based flags counted over rounds).
+one (random subsets, rank-based flags counted over rounds). For a two-level set (Alpaca) one more clean control, its
+*twin*: the very ratings of the 25% row taken as the truth. With K = 2 the ratings cannot tell "25% of the labels
+flipped among neighbours that share the truth" from "no flips, a truth that neighbours share less": whatever a
+curator gains on the 25% row it loses on the twin (same input, same output).
 
     python benchmarks/curation_quality.py [--data ../shared/data] [--cache DIR] [--sets autoj,t0,alpaca,well,weak]
 """
@@ -40,7 +43,6 @@ AUTOJ_GROUPS = {   # the scenario groups of the Auto-J paper (Li et al., 2023), 
                       'asking_how_to_question', 'recommendation', 'chitchat', 'counterfactual', 'brainstorming', 'planning', 'rejecting'],
     'nlp': ['analyzing_general', 'question_generation', 'ranking', 'classification_identification', 'data_analysis',
             'information_extraction', 'reading_comprehension', 'keywords_extraction', 'topic_modeling', 'peer_review']}
-ALPACA_N = 3000   # samples of the Alpaca random_9k pool used
 T0_FAMILIES = ['wiki', 'duorc', 'adversarial', 'cosmos', 'glue', 'ropes', 'paws', 'imdb']
 
 
@@ -70,7 +72,6 @@ def real_texts(name: str, data: Path) -> tuple[list, np.ndarray]:
     if name == 'alpaca':
         d = data / 'instruct/alpagasus'
         r = json.load(open(d / 'random_9k.json', encoding='utf-8'))
-        r = [r[j] for j in np.sort(np.random.default_rng(0).choice(len(r), ALPACA_N, replace=False))]   # a seeded subset: embedding is slow
         good = {(x['instruction'], x['input'], x['output']) for x in json.load(open(d / 'claude_t45.json', encoding='utf-8'))}
         return ([_conv(x['instruction'] + (('\n' + x['input']) if x['input'] else ''), x['output']) for x in r],
                 np.array([int((x['instruction'], x['input'], x['output']) in good) for x in r]))
@@ -142,7 +143,7 @@ def check(rows) -> list[str]:
     for r in rows:
         if r['procedure'] != 'default': continue
         name = f"{r['set']} @ {r['noise']}"
-        if r['set'] in ('autoj', 't0', 'alpaca'):
+        if r['set'] in ('autoj', 't0', 'alpaca', 'alpaca-twin'):
             if r['noise'] == 0 and r['changed'] > 0.02: fails.append(f'{name}: clean control changed {r["changed"]:.1%} > 2%')
             if r['noise'] != 0 and r['acc_after'] < r['acc_before']: fails.append(f'{name}: accuracy fell {r["acc_before"]:.3f} -> {r["acc_after"]:.3f}')
         elif r['set'] == 'gen-weak' and r['noise'] != 0:
@@ -179,6 +180,11 @@ def main(argv=None):
             rated = noisy_ratings(y, lenient_noise(K, lvl), seed=0)
             for pr in procs:
                 rows.append({'set': name, 'noise': lvl, 'K': K, 'procedure': pr, **evaluate(X, y, rated, K, pr, g)})
+                print(fmt(rows[-1:]).split('\n')[-1], file=sys.stderr, flush=True)
+        if K == 2:   # the twin: the same 25% ratings read as a clean labelling (with two levels nothing in the ratings tells them apart)
+            twin = noisy_ratings(y, lenient_noise(K, 0.25), seed=0)
+            for pr in procs:
+                rows.append({'set': f'{name}-twin', 'noise': 0.0, 'K': K, 'procedure': pr, **evaluate(X, twin, twin, K, pr, g)})
                 print(fmt(rows[-1:]).split('\n')[-1], file=sys.stderr, flush=True)
     for name, X, y, ratings, K in generated_sets():
         if name not in sets: continue

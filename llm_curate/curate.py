@@ -95,6 +95,14 @@ def consensus_counts(y: np.ndarray,          # (N,) rated levels of the samples
     return c1, c2, c3
 
 # %% ../nbs/04_curate.ipynb #ae31e6f6
+_PATHS = {}
+
+def _ein(subs, *ops):
+    "np.einsum with its contraction path found once per (subscripts, shapes): the K-sized products of the HOC fit run thousands of times."
+    key = (subs, *(o.shape for o in ops))
+    if key not in _PATHS: _PATHS[key] = np.einsum_path(subs, *ops, optimize='greedy')[0]
+    return np.einsum(subs, *ops, optimize=_PATHS[key])
+
 def _softmax(A, axis=-1):
     E = np.exp(A - A.max(axis=axis, keepdims=True))
     return E / E.sum(axis=axis, keepdims=True)
@@ -108,14 +116,14 @@ def hoc_loss_grad(A: np.ndarray,  # (K, K) logits of T
     pT = p[:, None] * T
     m1 = p @ T
     m2 = T.T @ pT
-    m3 = np.einsum('ki,kj,kl->ijl', pT, T, T, optimize=True)
+    m3 = _ein('ki,kj,kl->ijl', pT, T, T)
     E = [m1 - c[0], m2 - c[1], m3 - c[2]]
     nrm = [float(np.sqrt((e * e).sum())) for e in E]
     G1, G2, G3 = (e / n if n > 0 else np.zeros_like(e) for e, n in zip(E, nrm))
     G3s = G3 + G3.transpose(1, 0, 2) + G3.transpose(2, 0, 1)
-    TG3 = np.einsum('kj,kl,mjl->km', T, T, G3s, optimize=True)
+    TG3 = _ein('kj,kl,mjl->km', T, T, G3s)
     dT = p[:, None] * (G1[None, :] + T @ (G2 + G2.T) + TG3)
-    dp = T @ G1 + np.einsum('ki,kj,ij->k', T, T, G2, optimize=True) + np.einsum('ki,kj,kl,ijl->k', T, T, T, G3, optimize=True)
+    dp = T @ G1 + _ein('ki,kj,ij->k', T, T, G2) + _ein('ki,kj,kl,ijl->k', T, T, T, G3)
     dA = T * (dT - (dT * T).sum(1, keepdims=True))
     db = p * (dp - dp @ p)
     return sum(nrm), dA, db
@@ -192,7 +200,7 @@ def longtail_score(dist: np.ndarray,  # (N, k) cosine distances to the k nearest
 # %% ../nbs/04_curate.ipynb #c6e345f0
 def _moments(T, p):
     pT = p[:, None] * T
-    return p @ T, T.T @ pT, np.einsum('ki,kj,kl->ijl', pT, T, T, optimize=True)
+    return p @ T, T.T @ pT, _ein('ki,kj,kl->ijl', pT, T, T)
 
 def share_loss_grad(A: np.ndarray,  # (K, K) logits of T
                     b: np.ndarray,  # (K,) logits of p
@@ -210,9 +218,9 @@ def share_loss_grad(A: np.ndarray,  # (K, K) logits of T
     ds = (((M2 - O2) * G2).sum() + ((M3 - O3) * G3).sum()) * rho * (1 - rho)
     G1 = G1 + (1 - rho) * ((G2 + G2.T) @ m1 + np.einsum('ijl,j,l->i', G3s, m1, m1))   # through m1 = p @ T
     H2, H3 = rho * G2, rho * G3
-    TG3 = np.einsum('kj,kl,mjl->km', T, T, rho * G3s, optimize=True)
+    TG3 = _ein('kj,kl,mjl->km', T, T, rho * G3s)
     dT = p[:, None] * (G1[None, :] + T @ (H2 + H2.T) + TG3)
-    dp = T @ G1 + np.einsum('ki,kj,ij->k', T, T, H2, optimize=True) + np.einsum('ki,kj,kl,ijl->k', T, T, T, H3, optimize=True)
+    dp = T @ G1 + _ein('ki,kj,ij->k', T, T, H2) + _ein('ki,kj,kl,ijl->k', T, T, T, H3)
     return sum(nrm), T * (dT - (dT * T).sum(1, keepdims=True)), p * (dp - dp @ p), float(ds)
 
 def fit_noise_model(c: tuple,              # (c1, c2, c3) consensus from `consensus_counts`
@@ -242,20 +250,26 @@ def near_pair_agreement(y: np.ndarray,      # (N,) rated levels
                         idx: np.ndarray,    # (N, >=1) neighbour indices, nearest first
                         dist: np.ndarray,   # (N, >=1) cosine distances to them
                         K: int,             # number of levels
-                        frac: float = 0.02, # share of the samples whose nearest-neighbour pairs are used (the closest ones)
+                        frac: float = 0.02, # share of the samples whose nearest-neighbour pairs are used first (the closest ones)
                         min_pairs: int = 50,  # at least this many pairs
                         P: np.ndarray | None = None,  # (N, K) distributions instead of hard levels
+                        widen: tuple = (2.5, 5, 10),  # then up to frac x these, one ring of farther pairs at a time
+                        z: float = 2.0,     # a ring is added while its agreement is within z standard errors of the pairs so far
                        ) -> tuple[float, np.ndarray, int]:  # agreement in [0, 1], (K,) level mix of those pairs, pairs used
-    "How often the closest (sample, nearest neighbour) pairs of the pool are rated alike."
-    m = int(min(len(y), max(min_pairs, round(frac * len(y)))))
-    o = np.argsort(dist[:, 0], kind='stable')[:m]
-    if P is None:
-        a = float((y[o] == y[idx[o, 0]]).mean())
-        r = np.bincount(np.concatenate([y[o], y[idx[o, 0]]]), minlength=K) / (2 * m)
-    else:
-        a = float((P[o] * P[idx[o, 0]]).sum(1).mean())
-        r = (P[o].sum(0) + P[idx[o, 0]].sum(0)) / (2 * m)
-    return a, r, m
+    "How often the closest (sample, nearest neighbour) pairs of the pool are rated alike, over as many pairs as agree alike."
+    N = len(y)
+    o = np.argsort(dist[:, 0], kind='stable')
+    ag = (y[o] == y[idx[o, 0]]).astype(np.float64) if P is None else (P[o] * P[idx[o, 0]]).sum(1)
+    steps = sorted({int(min(N, max(min_pairs, round(frac * f * N)))) for f in (1, *widen)})
+    m = steps[0]
+    for m2 in steps[1:]:   # widen while the next ring agrees as often: the truth has not started to change yet
+        a, ring = ag[:m].mean(), ag[m:m2]
+        if ring.mean() < a - z * np.sqrt(max(a * (1 - a), 1e-4) * (1 / m + 1 / len(ring))): break
+        m = m2
+    o = o[:m]
+    if P is None: r = np.bincount(np.concatenate([y[o], y[idx[o, 0]]]), minlength=K) / (2 * m)
+    else: r = (P[o].sum(0) + P[idx[o, 0]].sum(0)) / (2 * m)
+    return float(ag[:m].mean()), r, m
 
 def self_agreement(T: np.ndarray,  # (K, K) transition matrix
                    q: np.ndarray,  # (K,) distribution of true levels

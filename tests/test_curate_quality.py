@@ -38,20 +38,35 @@ def test_threshold_is_a_monotone_knob(weak):
         assert int((c.curated_scores_ != sp.rated).sum()) == n[int(round(t * 20))]
 
 
-def _bins(pred, hit, nbins=5):
+def _bins(pred, hit, nbins=5, min_n=200):
+    "(predicted, observed, n) of each probability bin with at least min_n samples."
     b = np.clip(np.digitize(pred, np.linspace(0, 1, nbins + 1)) - 1, 0, nbins - 1)
-    return [(pred[b == i].mean(), hit[b == i].mean()) for i in range(nbins) if (b == i).sum() >= 200]
+    return [(pred[b == i].mean(), hit[b == i].mean(), int((b == i).sum())) for i in range(nbins) if (b == i).sum() >= min_n]
 
 
-def test_error_probability_and_confidence_are_calibrated(weak):
-    sp, cur = weak
-    raw = ScoreCurator(near_pairs=None).fit(sp.X, sp.rated, graph=cur.graph_)     # the posterior without the noise bound
-    for pred, hit in ((raw.error_prob_, sp.rated != sp.true), (raw.confidence_, raw.suggested_ == sp.true)):
-        gaps = [abs(a - b) for a, b in _bins(pred, hit)]
-        assert len(gaps) == 5 and max(gaps) < 0.12, gaps
-    # the default bounds the noise by the closest pairs: its error probability errs toward the rating, never against it
-    for a, b in _bins(cur.error_prob_, sp.rated != sp.true): assert a <= b + 0.03, (a, b)
+CAL_TOL = 0.15   # |observed - predicted| per bin of >= 200 samples (measured: <= 0.11 generated, <= 0.14 on the T0 fixture)
+
+
+def _calibrated(cur, rated, true, min_bins):
+    for pred, hit in ((cur.error_prob_, rated != true), (cur.confidence_, cur.suggested_ == true)):
+        bins = _bins(pred, hit)
+        assert len(bins) >= min_bins, bins
+        assert all(abs(a - b) <= CAL_TOL for a, b, _ in bins), bins
+
+
+def test_default_error_probability_and_confidence_are_calibrated():
+    "Under the default settings (noise bound included): among samples whose probability is in a bin, that share is truly mis-rated."
+    sp = synthetic_pool(20000, n_clusters=375, subtopics=30, T=rater_like_T(6, width=0.6), seed=0)   # the benchmark's weak set
+    cur = ScoreCurator().fit(sp.X, sp.rated)
+    _calibrated(cur, sp.rated, sp.true, min_bins=5)
     assert 0 < cur.error_prob_.min() and cur.error_prob_.max() < 1 and len(np.unique(cur.error_prob_)) > 1000
+
+
+def test_default_is_calibrated_on_real_text(t0):
+    X, y, g = t0
+    for eta, nb in ((0.25, 2), (0.4, 3)):
+        r = noisy_ratings(y, lenient_noise(8, eta))
+        _calibrated(ScoreCurator(n_scores=8).fit(X, r, graph=g), r, y, min_bins=nb)
 
 
 def test_weakly_clustered_generated_set_is_helped(weak):

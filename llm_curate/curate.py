@@ -381,7 +381,7 @@ class ScoreCurator:
                  hoc_rounds: int | None = None,  # random subsets whose consensus counts are averaged; None = 1 ('posterior'), 50 ('reference')
                  sample_size: int | None = None,  # subset size of those rounds; None = all samples ('posterior'), 50,000 ('reference')
                  detect_rounds: int = 51,  # 'reference' only: detection rounds over random subsets, each with its own k-NN graph
-                 near_pairs: float | None = 0.02,  # share of closest pairs whose agreement caps the noise estimate; None = no cap
+                 near_pairs: float | None = 0.02,  # share of samples whose closest pairs bound the noise (widened while farther pairs agree alike); None = no bound
                  transition: np.ndarray | None = None,  # (K, K) known T (e.g. from gold labels); None = estimate it
                  steps: int = 1501,        # Adam steps of the HOC fit
                  lr: float = 0.1,          # Adam learning rate of the HOC fit

@@ -280,19 +280,29 @@ def self_agreement(T: np.ndarray,  # (K, K) transition matrix
 def cap_noise(T: np.ndarray,   # (K, K) transition matrix from HOC
               r: np.ndarray,   # (K,) rated-level mix of the closest pairs (from `near_pair_agreement`)
               a: float,        # rating agreement of the closest pairs
-             ) -> tuple[np.ndarray, float]:  # capped T, weight alpha in [0, 1] kept of T (1 = unchanged)
-    "Blend T toward the identity until two ratings of one true level agree at least as often as the closest pairs do."
+             ) -> tuple[np.ndarray, float, str]:  # capped T; strength in (0, 1] kept of T (1 = unchanged); 'none', 'sharpen' or 'blend'
+    "Lower T's noise until two ratings of one true level agree at least as often as the closest pairs do."
     K = len(T)
     try: q = r @ np.linalg.inv(T)          # true-level mix of the pairs: r = q T
     except np.linalg.LinAlgError: q = r
     q = np.clip(q, 0, None); q = q / q.sum() if q.sum() > 0 else np.asarray(r, float)
-    if self_agreement(T, q) >= a: return T, 1.0
-    lo, hi = 0.0, 1.0
-    for _ in range(40):   # bisection on alpha: self_agreement grows as T moves toward I
-        al = (lo + hi) / 2
-        if self_agreement(al * T + (1 - al) * np.eye(K), q) >= a: lo = al
-        else: hi = al
-    return lo * T + (1 - lo) * np.eye(K), lo
+    if self_agreement(T, q) >= a: return T, 1.0, 'none'
+    def strength(move):   # largest w in (0, 1] with self_agreement(move(w)) >= a; w -> 0 gives the identity
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            w = (lo + hi) / 2
+            if self_agreement(move(w), q) >= a: lo = w
+            else: hi = w
+        return lo
+    blend = lambda w: w * T + (1 - w) * np.eye(K)   # every row toward the identity alike
+    wb = strength(blend)
+    if wb < 0.5 or not (T.argmax(1) == np.arange(K)).all(): return blend(wb), wb, 'blend'   # T far off, or its shape not to trust
+    lT = np.log(np.maximum(T, 1e-300)); lT = lT - lT.max(1, keepdims=True)
+    def sharpen(w):   # T[i, j]^(1/w), rows renormalised: the small confusions shrink first
+        if w <= 0: return np.eye(K)
+        E = np.exp(lT / w); return E / E.sum(1, keepdims=True)
+    ws = strength(sharpen)
+    return sharpen(ws), ws, 'sharpen'
 
 
 # %% ../nbs/04_curate.ipynb #54af460a
@@ -508,8 +518,8 @@ class ScoreCurator:
             self.hoc_transition_matrix_ = T
             if self.near_pairs is not None:
                 a, r, m = near_pair_agreement(y, idx, dist, K, self.near_pairs, P=P)
-                T, alpha = cap_noise(T, r, a)
-                self.noise_cap_ = {'pairs': m, 'agreement': round(a, 4), 'alpha': round(alpha, 4)}
+                T, alpha, how = cap_noise(T, r, a)
+                self.noise_cap_ = {'pairs': m, 'agreement': round(a, 4), 'alpha': round(alpha, 4), 'how': how}
                 n_hoc, n_cap = 1 - (np.diag(self.hoc_transition_matrix_) * p).sum(), 1 - (np.diag(T) * p).sum()
                 if alpha < 0.5 and n_hoc - n_cap > 0.05:
                     self.warnings_.append(

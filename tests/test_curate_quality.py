@@ -44,29 +44,28 @@ def _bins(pred, hit, nbins=5, min_n=200):
     return [(pred[b == i].mean(), hit[b == i].mean(), int((b == i).sum())) for i in range(nbins) if (b == i).sum() >= min_n]
 
 
-CAL_TOL = 0.15   # |observed - predicted| per bin of >= 200 samples (measured: <= 0.11 generated, <= 0.14 on the T0 fixture)
-
-
-def _calibrated(cur, rated, true, min_bins):
+def _calibrated(cur, rated, true, min_bins, tol):
+    "|observed - predicted| <= tol in every bin of >= 200 samples, for the error probability and the confidence of the suggestion."
     for pred, hit in ((cur.error_prob_, rated != true), (cur.confidence_, cur.suggested_ == true)):
         bins = _bins(pred, hit)
         assert len(bins) >= min_bins, bins
-        assert all(abs(a - b) <= CAL_TOL for a, b, _ in bins), bins
+        assert all(abs(a - b) <= tol for a, b, _ in bins), bins
 
 
 def test_default_error_probability_and_confidence_are_calibrated():
     "Under the default settings (noise bound included): among samples whose probability is in a bin, that share is truly mis-rated."
     sp = synthetic_pool(20000, n_clusters=375, subtopics=30, T=rater_like_T(6, width=0.6), seed=0)   # the benchmark's weak set
     cur = ScoreCurator().fit(sp.X, sp.rated)
-    _calibrated(cur, sp.rated, sp.true, min_bins=5)
+    _calibrated(cur, sp.rated, sp.true, min_bins=5, tol=0.1)      # measured: <= 0.05
     assert 0 < cur.error_prob_.min() and cur.error_prob_.max() < 1 and len(np.unique(cur.error_prob_)) > 1000
 
 
 def test_default_is_calibrated_on_real_text(t0):
+    "On the real-text fixture the mid-range bins are off by up to 0.14 (the tempered neighbour evidence): held to 0.15, not 0.1."
     X, y, g = t0
     for eta, nb in ((0.25, 2), (0.4, 3)):
         r = noisy_ratings(y, lenient_noise(8, eta))
-        _calibrated(ScoreCurator(n_scores=8).fit(X, r, graph=g), r, y, min_bins=nb)
+        _calibrated(ScoreCurator(n_scores=8).fit(X, r, graph=g), r, y, min_bins=nb, tol=0.15)
 
 
 def test_weakly_clustered_generated_set_is_helped(weak):

@@ -14,21 +14,21 @@ from .store import _row_from_attempts, content_hash
 
 # %% auto #0
 __all__ = ['logger', 'BACKENDS', 'PRESETS', 'Rater', 'CallableRater', 'backend_class', 'make_rater', 'BEGIN', 'END', 'DS2_RUBRIC',
-           'Rubric', 'cut_middle', 'to_levels', 'PARSER_VERSION', 'STATUSES', 'detect_steering', 'parse_rating',
-           'logprob_result', 'probs_from_top_logprobs', 'RATING_COLUMNS', 'RatingStore', 'export_ratings',
-           'write_ratings', 'StoreError', 'content_hash', 'PRICES', 'price_of', 'iter_samples', 'OpenAIRater',
-           'OpenAIBatchRater', 'add_cli']
+           'Rubric', 'cut_middle', 'to_levels', 'compress_probs', 'PARSER_VERSION', 'STATUSES', 'detect_steering',
+           'parse_rating', 'logprob_result', 'probs_from_top_logprobs', 'RATING_COLUMNS', 'RatingStore',
+           'export_ratings', 'write_ratings', 'StoreError', 'content_hash', 'PRICES', 'price_of', 'iter_samples',
+           'OpenAIRater', 'OpenAIBatchRater', 'add_cli']
 
 # %% ../nbs/01f_rate.ipynb #ff5485b5
 logger = logging.getLogger(__name__)
 
 # %% ../nbs/01f_rate.ipynb #399f7cb7
-from .rubric import BEGIN, END, DS2_RUBRIC, Rubric, cut_middle, to_levels
+from .rubric import BEGIN, END, DS2_RUBRIC, Rubric, cut_middle, to_levels, compress_probs
 from .parse import PARSER_VERSION, STATUSES, detect_steering, parse_rating, logprob_result, probs_from_top_logprobs
 from .store import RATING_COLUMNS, RatingStore, export_ratings, write_ratings, StoreError, content_hash
 from .prices import PRICES, price_of
 from .data import iter_samples
-_all_ = ['BEGIN', 'END', 'DS2_RUBRIC', 'Rubric', 'cut_middle', 'to_levels', 'PARSER_VERSION', 'STATUSES', 'detect_steering',
+_all_ = ['BEGIN', 'END', 'DS2_RUBRIC', 'Rubric', 'cut_middle', 'to_levels', 'compress_probs', 'PARSER_VERSION', 'STATUSES', 'detect_steering',
          'parse_rating', 'logprob_result', 'probs_from_top_logprobs', 'RATING_COLUMNS', 'RatingStore', 'export_ratings', 'write_ratings',
          'StoreError', 'content_hash', 'PRICES', 'price_of', 'iter_samples', 'OpenAIRater', 'OpenAIBatchRater', 'add_cli']
 

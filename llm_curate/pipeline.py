@@ -308,7 +308,9 @@ def _stage_rate(cfg, ctx: RunContext) -> str:
         kw = {k: c[k] for k in ('mode', 'max_sample_tokens', 'base_url', 'api_key_env', 'concurrency', 'batch_size') if c[k] is not None}
         rater = make_rater(c['backend'], c['rater'], **{**kw, **c['options']})
         table = rater.rate(ds, out=ctx.run_dir / 'rating', progress=ctx.progress, reask_unparsed=c['reask_unparsed'])
-    if c['calibrate'] == 'quantile': table = quantile_levels(table)
+    if c['calibrate'] == 'quantile':   # as many levels as the ratings' rubric has (DS2: 6)
+        from llm_curate.curate import rating_scale
+        table = quantile_levels(table, n_levels=int((rating_scale(table) or {'n_levels': 6})['n_levels']))
     with atomic_write(ctx.run_dir / 'ratings.parquet', 'wb') as f: table.to_parquet(f, index=False)
     counts = table['status'].value_counts().to_dict()
     missing = len(ds) - len(table)

@@ -181,3 +181,26 @@ def test_embed_backend_checked_and_recorded(tmp_path, scores_file):
     Pipeline(cfg, progress=False).run()
     _, ids, meta = load_embeddings(tmp_path / 'run' / 'embeddings')
     assert len(ids) == 60 and meta['model'].endswith('@torch-bf16')
+
+
+def test_quantile_calibration_follows_the_ratings_rubric(tmp_path):
+    "rate.calibrate: quantile bins into as many levels as the ratings' rubric has (4 here), not DS2's 6."
+    from llm_curate.rubric import Rubric
+    from llm_curate.store import RatingStore, _row_from_attempts, export_ratings
+    from llm_curate.data import load_samples
+    r4 = Rubric(name='four', system='', user_template='{conversation}', criteria=['Overall rating'], n_levels=4, cuts=(3, 6, 8))
+    ids = list(load_samples(str(ASSET), progress=False).select(range(80))['id'])
+    rng = np.random.default_rng(0)
+    with RatingStore(tmp_path / 'rating') as st:
+        st.add_rubric(r4)
+        for i in ids:
+            R = rng.dirichlet(np.ones(10)).tolist()
+            att = [{'attempt': 0, 'mode': 'logprob', 'score_probs': R}]
+            st.put(_row_from_attempts(i, 'm:logprob', r4.version, r4, att, False), att)
+    export_ratings(tmp_path / 'rating', tmp_path / 'r4.parquet')
+    cfg = {'run_dir': str(tmp_path / 'run'), 'data': {'source': str(ASSET), 'limit': 80},
+           'rate': {'scores': str(tmp_path / 'r4.parquet'), 'calibrate': 'quantile'}, 'embed': {'batch_size': 128},
+           'select': {'method': 'ds2', 'budget': 0.1, 'compare': []}, 'report': False}
+    Pipeline(cfg, progress=False).run()
+    levels = pd.read_parquet(tmp_path / 'run' / 'ratings.parquet')['score']
+    assert sorted(levels.unique()) == [0, 1, 2, 3] and (levels.value_counts() == 20).all()

@@ -388,6 +388,41 @@ def test_edited_samples_with_the_same_ids_are_rated_again(tmp_path):
     for uid, key in want.items(): assert df.loc[uid, 'score'] == DS2_RUBRIC.to_level(fake_rating(key)), uid
 
 
+
+def _old_store(run):
+    "Turn a run's store into one an llm_curate from before content hashes wrote: no `content` column in `results`."
+    con = sqlite3.connect(run / 'ratings.sqlite')
+    con.execute('ALTER TABLE results DROP COLUMN content'); con.commit(); con.close()
+    assert 'content' not in {r[1] for r in sqlite3.connect(run / 'ratings.sqlite').execute('PRAGMA table_info(results)')}
+
+
+def test_old_store_without_content_hashes_is_adopted_with_a_warning_or_rated_again(tmp_path):
+    rows = samples(30)
+    pool = write_pool(tmp_path / 'pool.jsonl', rows)
+    with ScriptedServer() as srv:
+        assert cli(*rate_args(pool, srv.url, tmp_path / 'run')).returncode == 0
+        _old_store(tmp_path / 'run')
+        for r in rows[:4]: r['messages'][1]['content'] += ' Edited after the old run.'   # nothing can tell these apart now
+        write_pool(pool, rows)
+        n0 = len(chats(srv))
+        r = cli(*rate_args(pool, srv.url, tmp_path / 'run'))   # default: kept, said in one line, with the flag to use
+        assert r.returncode == 0 and len(chats(srv)) == n0, r.stderr[-2000:]
+        warn = [l for l in r.stderr.splitlines() if 'predate content hashes' in l]
+        assert len(warn) == 1 and '30 stored ratings' in warn[0] and '--rerate-unverified' in warn[0], r.stderr[-2000:]
+        for r_ in rows[4:6]: r_['messages'][1]['content'] += ' Edited after the upgrade.'   # adopted hashes see later edits
+        write_pool(pool, rows)
+        r = cli(*rate_args(pool, srv.url, tmp_path / 'run'))
+        assert r.returncode == 0 and len(chats(srv)) == n0 + 2, r.stderr[-2000:]
+        assert '28 stored ratings' in r.stderr   # still unverified, still said
+        r = cli(*rate_args(pool, srv.url, tmp_path / 'run', '--rerate-unverified'))
+        assert r.returncode == 0 and len(chats(srv)) == n0 + 2 + 28, r.stderr[-2000:]
+        r = cli(*rate_args(pool, srv.url, tmp_path / 'run'))
+        assert r.returncode == 0 and len(chats(srv)) == n0 + 30 and 'predate' not in r.stderr, r.stderr[-2000:]
+    df = export_ratings(tmp_path / 'run').set_index('id')
+    from llm_curate.testing import fake_rating
+    from llm_curate.rate import DS2_RUBRIC
+    for x in rows: assert df.loc[x['uid'], 'score'] == DS2_RUBRIC.to_level(fake_rating(sample_key(render_conversation(x['messages'])))), x['uid']
+
 def test_second_pool_with_the_same_ids_gets_its_own_embeddings(tmp_path):
     from llm_curate.embed import embed_samples
     a = [{'id': s['uid'], 'messages': s['messages']} for s in samples(40, 'Cooking. ')]
@@ -529,6 +564,46 @@ def test_curation_report_is_written_as_a_set(tmp_path):
     back = CurationReport.load(tmp_path / 'cur')
     assert len(back.frame) == 60 and 'bad' not in back.params
 
+
+
+def _pair(out):
+    "(subset ids, manifest ids) of a written selection, None for a missing file."
+    man = out.with_name(out.name.replace('.jsonl', '.manifest.json'))
+    sub = [json.loads(l)['id'] for l in out.read_text().splitlines()] if out.exists() else None
+    return sub, (json.loads(man.read_text())['ids'] if man.exists() else None)
+
+
+@pytest.mark.parametrize('fail_at', ['fsync', 'replace'])
+def test_select_out_writes_the_subset_and_its_manifest_as_a_set(tmp_path, monkeypatch, fail_at):
+    "A disk that fails at the n-th fsync (or rename) of `select --out`, for every n: either the old pair or the new pair, never a mix."
+    from llm_curate.cli import main
+    rows = samples(40)
+    pool = write_pool(tmp_path / 'pool.jsonl', rows)
+    sc = tmp_path / 'scores.csv'
+    pd.DataFrame({'id': [r['uid'] for r in rows], 'score': [i % 6 for i in range(40)]}).to_csv(sc, index=False)
+    out = tmp_path / 'sel' / 'subset.jsonl'
+    (tmp_path / 'sel').mkdir(); (tmp_path / 'sel' / 'notes.md').write_text('mine')
+    args = lambda b: ['select', pool, '--id-field', 'uid', '--method', 'alpagasus', '--scores', sc, '--budget', str(b), '--out', out]
+    assert main(list(map(str, args(10)))) == 0
+    old = _pair(out)
+    assert old[0] == old[1] and len(old[0]) == 10
+    real = getattr(os, fail_at)
+    for n in range(1, 10):
+        calls = []
+        def hook(*a):
+            calls.append(a)
+            if len(calls) == n: raise OSError(errno.ENOSPC, 'No space left on device')
+            return real(*a)
+        monkeypatch.setattr(os, fail_at, hook)
+        try: rc = main(list(map(str, args(20))))
+        except OSError: rc = None
+        monkeypatch.setattr(os, fail_at, real)
+        got = _pair(out)
+        assert got[0] == got[1], f'{fail_at} #{n} left a subset of {len(got[0] or [])} beside a manifest of {len(got[1] or [])}'
+        if rc == 0: break
+        assert got == old, f'{fail_at} #{n} failed the write but changed the files'
+    assert rc == 0 and len(_pair(out)[0]) == 20 and n > 1
+    assert sorted(p.name for p in out.parent.iterdir()) == ['notes.md', 'subset.jsonl', 'subset.manifest.json']
 
 # --- 7. small ones ----------------------------------------------------------------------------------------
 

@@ -241,7 +241,9 @@ def _row_from_attempts(sid: str, rater: str, rubric_version: str, rubric: Rubric
     parsed = None
     for a in attempts:
         if a.get('text') is None and a.get('score_probs') is None: p = parse_rating(None, rubric, error=a.get('error'))
-        elif a['mode'] == 'logprob': p = logprob_result(a.get('score_probs'), rubric)
+        elif a['mode'] == 'logprob':
+            p = logprob_result(a.get('score_probs'), rubric)
+            if a.get('error'): p['error'] = a['error']   # the backend's note on the distribution (e.g. P(10) unknown), or why there is none
         else: p = parse_rating(a.get('text'), rubric)
         parsed, last = p, a
         if p['status'] == 'ok': break

@@ -616,6 +616,91 @@ def test_logprob_ten_is_read_even_when_the_greedy_token_is_not_one():
     np.testing.assert_allclose(p[[0, 7, 9]], [0.04, 0.6, 0.36])
 
 
+
+# a judge behind a digit-splitting tokenizer: "10" is "1" then "0"
+D_ONE = [0.1, 0, 0, 0, 0, 0, 0, 0.3, 0.1, 0.5]      # "1" first (0.6) is the greedy token: the answer itself shows P("0" | "1")
+D_EIGHT = [0.05, 0, 0, 0, 0, 0, 0, 0.45, 0.15, 0.35]  # "8" is greedy; the "1" (0.40) is mostly a 10, which only a prefilled "1" shows
+D_NO_TEN = [0.05, 0, 0, 0, 0, 0, 0, 0.6, 0.35, 0]    # no 10 at all: its "1" is a 1
+
+SERVERS = {   # ScriptedServer options, rater options, what should happen
+    'vllm': (dict(owned_by='vllm', prefill='continue_final_message'), {}, 'read'),
+    'llama.cpp': (dict(owned_by='llamacpp', prefill='trailing'), {}, 'read'),
+    'cannot': (dict(owned_by='me'), {}, 'unknown'),                                  # llama-cpp-python: a final assistant turn is closed
+    'claims but cannot': (dict(owned_by='me'), {'prefill': 'trailing', 'concurrency': 1}, 'unknown'),
+    'one token': (dict(owned_by='vllm', prefill='continue_final_message', splits_digits=False), {}, 'no request')}
+
+
+@pytest.mark.parametrize('kind', list(SERVERS))
+def test_logprob_ten_on_openai_compatible_servers(kind):
+    opts, rkw, want = SERVERS[kind]
+    rows = [{'id': r['uid'], 'messages': r['messages']} for r in samples(12)]
+    dist = {r['id']: (D_NO_TEN if kind == 'one token' else [D_ONE, D_EIGHT][i % 2]) for i, r in enumerate(rows)}
+    by_key = {sample_key(render_conversation(r['messages'])): r['id'] for r in rows}
+    bodies = []
+    def judge(body):
+        bodies.append(body)
+        return {'dist': dist[by_key[sample_key(body['messages'])]]}
+    with ScriptedServer(judge, **opts) as srv:
+        rater = make_rater('openai', 'scripted', base_url=srv.url, mode='logprob', **{'concurrency': 4, **rkw})
+        df = rater.rate(rows, progress=False).set_index('id')
+    follow = [b for b in bodies if b['messages'][-1]['role'] == 'assistant']
+    assert all(b['messages'][-1]['content'] == '1' and b['max_tokens'] == 1 for b in follow)
+    eights = [i for i, d in dist.items() if d is D_EIGHT]
+    for i, d in dist.items():   # answers whose greedy token is "1" are read off the answer, whatever the server
+        if d is D_ONE: np.testing.assert_allclose(df.loc[i, 'score_probs'], D_ONE, atol=1e-9); assert df.loc[i, 'error'] is None
+    if want == 'read':
+        assert len(follow) == len(eights) == 6   # one short request for each answer whose "1" may start a 10, no other
+        assert all(b.get('continue_final_message') is (True if kind == 'vllm' else None) for b in follow)
+        for i in eights:
+            np.testing.assert_allclose(df.loc[i, 'score_probs'], D_EIGHT, atol=1e-9)
+            assert df.loc[i, 'status'] == 'ok' and df.loc[i, 'error'] is None
+            assert abs(df.loc[i, 'expected_raw'] - np.dot(D_EIGHT, np.arange(1, 11))) < 1e-9
+        one = df.loc[[i for i, d in dist.items() if d is D_ONE], 'prompt_tokens']
+        assert (df.loc[eights, 'prompt_tokens'].to_numpy() > 1.9 * one.to_numpy()).all()   # the second request is paid for
+    elif want == 'unknown':
+        assert len(follow) == (1 if kind == 'claims but cannot' else 0)   # found out once, then never asked again
+        for i in eights:   # the mode (8) is sure, so the rating stands, saying what it could not know
+            assert df.loc[i, 'status'] == 'ok' and df.loc[i, 'overall_raw'] == 8
+            err = df.loc[i, 'error']
+            assert err.startswith('P(10) unknown') and "P('1') = 0.40 is counted as a 1" in err, err
+            assert ('did not continue the prefilled answer' if kind == 'claims but cannot' else 'not known to continue') in err, err
+    else:
+        assert follow == [] and all(df['error'].isna())
+        for i in dist: np.testing.assert_allclose(df.loc[i, 'score_probs'], D_NO_TEN, atol=1e-9)
+
+
+ALPACA = Path('/work/shared/data/instruct/alpagasus/random_9k.json')
+
+
+@pytest.mark.slow   # ~30 s: a real llama.cpp model on the CPU
+@pytest.mark.skipif(not ALPACA.exists(), reason='needs the real Alpaca sample of /work/shared/data')
+def test_logprob_ten_on_the_real_smollm2_server():
+    "llama-cpp-python's server (SmolLM2 splits '10'; a final assistant turn is closed, not continued): P(10) is said to be unknown, never silently a 1."
+    pytest.importorskip('llama_cpp.server')
+    from llm_curate.openai_rate import OpenAIRater
+    from llm_curate.servers import llama_server
+    raw = json.loads(ALPACA.read_text())[:4]
+    rows = [{'id': f'a{i}', 'messages': [{'role': 'user', 'content': r['instruction'] + ('\n\n' + r['input'] if r['input'] else '')},
+                                         {'role': 'assistant', 'content': r['output']}]} for i, r in enumerate(raw)]
+    with llama_server() as url, ScriptedServer(upstream=url) as proxy:   # the proxy counts the requests
+        got = {}
+        for prefill in ('auto', 'trailing'):
+            n0 = len(chats(proxy))
+            df = OpenAIRater('smollm2', base_url=proxy.url, mode='logprob', prefill=prefill, concurrency=1).rate(rows, progress=False)
+            got[prefill] = (df.set_index('id'), len(chats(proxy)) - n0)
+    for prefill, (df, sent) in got.items():
+        noted = df[df['error'].fillna('').str.startswith('P(10) unknown')]
+        assert len(noted) >= 1, df[['status', 'raw_text', 'error']]
+        assert not noted['error'].str.contains('splits_ten').any()   # the server's tokenizer was asked: "10" is two tokens
+        silent_one = (df['status'] == 'ok') & (df['overall_raw'] == 1) & df['error'].isna() & ~df['raw_text'].fillna('').str.startswith('1')
+        assert not silent_one.any(), df[['status', 'raw_text', 'error']]
+        if prefill == 'auto':   # llama-cpp-python is not known to continue a prefilled answer: nothing more is asked
+            assert sent == len(rows) and noted['error'].str.contains('not known to continue').all()
+        else:   # told to try: the one follow-up shows the turn was closed (the prompt grew), it is paid for, and never sent again
+            assert sent == len(rows) + 1 and noted['error'].str.contains('did not continue the prefilled answer').all()
+            first = noted.index[0]
+            assert df.loc[first, 'prompt_tokens'] > 1.8 * got['auto'][0].loc[first, 'prompt_tokens']
+
 def test_inf_scores_name_the_row_not_a_garbage_integer(tmp_path):
     from llm_curate.embed import save_embeddings
     ids = [f'u{i:04d}' for i in range(10)]

@@ -138,7 +138,7 @@ class RatingStore:
         return {r[0] for r in self.con.execute('SELECT id FROM results WHERE rater=? AND rubric=?', (rater, rubric))}
 
     def contents(self, rater: str, rubric: str) -> dict:
-        "id -> (status, content hash, None or '~hash' when unverified) of the ratings stored for `rater` under rubric version `rubric`."
+        "id -> (status, content hash) of the ratings stored for `rater` under rubric version `rubric`; the hash is None, or '~hash' once adopted, for ratings an older llm_curate stored."
         return {r[0]: (r[1], r[2]) for r in self.con.execute('SELECT id, status, content FROM results WHERE rater=? AND rubric=?', (rater, rubric))}
 
     def adopt(self, hashes: dict, # id -> the content hash of the sample it is reused for

@@ -11,10 +11,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 # %% auto #0
 __all__ = ['logger', 'EXTRAS', 'FORMATS', 'FORMAT_ALIASES', 'ROLES', 'SUFFIXES', 'need', 'atomic_write', 'atomic_dir',
-           'FolderInUse', 'folder_lock', 'RunStopped', 'describe_os_error', 'DataError', 'detect_format', 'to_messages',
-           'render_conversation', 'sample_id', 'iter_records', 'read_table', 'sample_ids', 'has_messages',
-           'sample_messages', 'align_ids', 'id_keys', 'LoadStats', 'default_cache_dir', 'load_samples', 'save_samples',
-           'iter_samples', 'add_cli']
+           'atomic_files', 'FolderInUse', 'folder_lock', 'RunStopped', 'describe_os_error', 'DataError',
+           'detect_format', 'to_messages', 'render_conversation', 'sample_id', 'iter_records', 'read_table',
+           'sample_ids', 'has_messages', 'sample_messages', 'align_ids', 'id_keys', 'LoadStats', 'default_cache_dir',
+           'load_samples', 'save_samples', 'iter_samples', 'add_cli']
 
 # %% ../nbs/00_data.ipynb #e8856b1e
 logger = logging.getLogger(__name__)
@@ -85,6 +85,41 @@ def atomic_dir(path: str | os.PathLike, # the artifact folder; its parent is cre
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+# %% ../nbs/00_data.ipynb #0468b8d9
+@contextlib.contextmanager
+def atomic_files(*paths: str | os.PathLike, # the files of one set; the last one is its commit mark (e.g. the manifest)
+                ):                          # yields their temporary paths (same file names behind a hidden prefix)
+    "Write several files as a set: the targets change only when every file of the block is written, the commit mark last; on an error none changes."
+    import secrets, shutil
+    paths = [Path(p) for p in paths]
+    tag = secrets.token_hex(4)
+    tmps = [p.with_name(f'.{tag}.{p.name}') for p in paths]
+    for p in paths: p.parent.mkdir(parents=True, exist_ok=True)
+    olds, done = {}, []
+    try:
+        yield tmps
+        for t in tmps:   # complete and durable before any target changes
+            if not t.is_file(): raise FileNotFoundError(f'{t}: the block did not write this file of the set')
+            os.chmod(t, 0o666 & ~_umask())
+            with open(t, 'rb') as f: os.fsync(f.fileno())
+        for p in paths:   # keep the old files until the new ones are all in place
+            if p.exists():
+                b = p.with_name(f'.{tag}.{p.name}.old')
+                try: os.link(p, b)
+                except OSError: shutil.copy2(p, b)   # a file system without hard links
+                olds[p] = b
+        if paths[-1] in olds: os.unlink(paths[-1])   # no stale commit mark beside new files, even after a kill
+        for t, p in zip(tmps, paths): os.replace(t, p); done.append(p)
+    except BaseException:
+        for p in paths:   # put the old set back
+            with contextlib.suppress(OSError):
+                if p in olds: os.replace(olds[p], p)
+                elif p in done: os.unlink(p)
+        raise
+    finally:
+        for x in tmps + list(olds.values()):
+            with contextlib.suppress(FileNotFoundError): os.unlink(x)
 
 # %% ../nbs/00_data.ipynb #e391557d
 class FolderInUse(RuntimeError):

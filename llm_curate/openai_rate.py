@@ -8,7 +8,7 @@ import asyncio, contextlib, json, logging, math, os, random, re, sys, threading,
 from typing import Callable
 from .data import need, RunStopped
 from .rubric import _approx_tokens
-from .parse import probs_from_top_logprobs
+from .parse import probs_from_top_logprobs, _one_may_be_ten, _ten_unknown
 from .rate import Rater
 
 # %% auto #0
@@ -149,9 +149,12 @@ class OpenAIRater(Rater):
                  give_up_after: float | None = 15.0, # seconds of refused connections (nothing listening) before the run stops; None = never
                  max_consecutive_failures: int | None = 20, # stop after this many requests in a row failed the same way; None = never
                  preflight: bool = True,             # one cheap request first: endpoint, key and model
+                 prefill: str | None = 'auto',       # logprob mode, to read P(10) when "10" is two tokens: how the endpoint continues a prefilled answer: 'auto' (told by /models: vLLM, llama.cpp's server), 'continue_final_message' (vLLM's request fields), 'trailing' (a final assistant message: llama.cpp's server) or None (never)
+                 splits_ten: bool | None = None,     # logprob mode: does the model's tokenizer write "10" as "1" + "0"? None = ask the server's tokenizer (OpenAI's: no)
                  **kw):                              # Rater options (rubric, mode, max_reasks, prices, name, ...)
         super().__init__(model, **kw)
         self.give_up_after, self.max_consecutive_failures, self.preflight = give_up_after, max_consecutive_failures, preflight
+        self.prefill, self.splits_ten = prefill, splits_ten
         self.base_url, self.api_key_env, self.concurrency, self.rpm, self.tpm = base_url, api_key_env, concurrency, rpm, tpm
         self.timeout, self.max_retries, self.backoff, self.max_backoff = timeout, max_retries, backoff, max_backoff
         self.response_format, self.top_logprobs, self.temperature, self.seed, self.extra_body = response_format, top_logprobs, temperature, seed, extra_body
@@ -161,6 +164,7 @@ class OpenAIRater(Rater):
         cls = type(self).__name__
         if not isinstance(self.concurrency, int) or self.concurrency < 1: raise ValueError(f"The 'concurrency' parameter of {cls} must be an int >= 1. Got {self.concurrency!r} instead.")
         if self.response_format not in ('auto',) + _RF_CHAIN: raise ValueError(f"The 'response_format' parameter of {cls} must be one of 'auto', 'json_schema', 'json_object_schema', 'json_object', None. Got {self.response_format!r} instead.")
+        if self.prefill not in ('auto', 'continue_final_message', 'trailing', None): raise ValueError(f"The 'prefill' parameter of {cls} must be one of 'auto', 'continue_final_message', 'trailing', None. Got {self.prefill!r} instead.")
         if not isinstance(self.max_retries, int) or self.max_retries < 0: raise ValueError(f"The 'max_retries' parameter of {cls} must be an int >= 0. Got {self.max_retries!r} instead.")
         if self.max_consecutive_failures is not None and (not isinstance(self.max_consecutive_failures, int) or self.max_consecutive_failures < 1):
             raise ValueError(f"The 'max_consecutive_failures' parameter of {cls} must be None or an int >= 1. Got {self.max_consecutive_failures!r} instead.")
@@ -233,9 +237,76 @@ class OpenAIRater(Rater):
         if req['mode'] == 'logprob':
             content = (ch.get('logprobs') or {}).get('content') or []
             steps = [{t['token']: t['logprob'] for t in (c.get('top_logprobs') or [])} or {c['token']: c['logprob']} for c in content]
-            p = probs_from_top_logprobs(steps, [c['token'] for c in content], self.rubric)
+            gen = [c['token'] for c in content]
+            p = probs_from_top_logprobs(steps, gen, self.rubric)
             res['score_probs'] = None if p is None else [float(x) for x in p]
+            if p is not None and _one_may_be_ten(steps, gen, self.rubric): res['_ten'] = (steps, gen)   # its "1" may start a "10"
         return res
+
+    def _ten_known(self, res: dict, why: str) -> dict:
+        "Record that the '1' of an answer may start a '10' whose probability could not be read: a note, or no score when the mode depends on it."
+        ten = getattr(self, '_ten', None) or self._ten_default()
+        if res.pop('_ten', None) is None or ten['splits'] is False: return res
+        if ten['splits'] is None: why += "; if the model writes '10' as one token, splits_ten=False (--option splits_ten=false) says so"
+        p, note = _ten_unknown(res['score_probs'], self.rubric, why)
+        return {**res, 'score_probs': None if p is None else [float(x) for x in p], 'error': note}
+
+    def _ten_default(self) -> dict:
+        "What is known of '10' on this endpoint without asking it."
+        splits = False if self.splits_ten is None and (self.base_url is None or 'api.openai.com' in self.url) else self.splits_ten   # OpenAI's tokenizers have a "10" token
+        return {'splits': splits, 'prefill': None if self.prefill == 'auto' else self.prefill,
+                'why': f"{self.url} is not known to continue a prefilled answer (prefill='continue_final_message' or 'trailing', --option prefill=..., says how it does)"}
+
+    async def _ten_setup(self, client):
+        "Once a run: does the tokenizer split '10' (the server's /tokenize), and how does the endpoint continue a prefilled answer (/models' owner)?"
+        openai, httpx = need('openai', 'rate'), _httpx()
+        self._ten = self._ten_default()
+        if self.mode != 'logprob': return
+        owner = getattr(self, '_owner', None)
+        if owner is None and (self.prefill == 'auto' or self.splits_ten is None):
+            try: owner = ((json.loads((await client.get('/models', cast_to=httpx.Response)).text).get('data') or [{}])[0]).get('owned_by')
+            except (openai.APIError, ValueError, AttributeError, IndexError, TypeError): owner = None
+        if self._ten['splits'] is None:
+            root = re.sub(r'/v1$', '', self.url)
+            ask = {'vllm': [('/tokenize', lambda t: {'model': self.model, 'prompt': t, 'add_special_tokens': False})],
+                   'llamacpp': [('/tokenize', lambda t: {'content': t})]}.get(owner, [('/extras/tokenize', lambda t: {'input': t})])   # llama-cpp-python
+            for path, body in ask:
+                try:
+                    n = [len(json.loads((await client.post(root + path, cast_to=httpx.Response, body=body(t))).text)['tokens']) for t in ('1', '10')]
+                    self._ten['splits'] = n[1] > n[0]; break   # compared with '1', so that a BOS token does not count
+                except (openai.APIError, ValueError, KeyError, TypeError): pass
+        if self.prefill == 'auto': self._ten['prefill'] = {'vllm': 'continue_final_message', 'llamacpp': 'trailing'}.get(owner)
+        logger.info('%s: "10" is %s; prefilled answers: %s', self.url, {True: 'two tokens', False: 'one token', None: 'of unknown tokens'}[self._ten['splits']], self._ten['prefill'])
+
+    async def _after_one(self, client, req: dict, d: dict, res: dict, limiter: _Limiter) -> dict:
+        "P('0' | '1') from a second short request whose answer is prefilled with '1', for an answer whose '1' may start a '10'."
+        ten = self._ten
+        if ten.get('splits') is False: res.pop('_ten', None); return res
+        if ten['prefill'] is None: return self._ten_known(res, ten['why'])
+        p = {'model': self.model, 'messages': list(req['messages']) + [{'role': 'assistant', 'content': '1'}], 'max_tokens': 1,
+             'temperature': 0.0, 'logprobs': True, 'top_logprobs': self.top_logprobs}
+        extra = dict(self.extra_body or {})
+        if ten['prefill'] == 'continue_final_message': extra.update(continue_final_message=True, add_generation_prompt=False)
+        if extra: p['extra_body'] = extra
+        d2, err = await self._call(client, p, limiter, req['max_tokens'] + sum(_approx_tokens(str(m.get('content', ''))) for m in p['messages']))
+        if d2 is None: return self._ten_known(res, f"the request for P('0' | '1') failed ({err})" if err else 'the run stopped before P(10) was read')
+        u0, u1 = d.get('usage') or {}, d2.get('usage') or {}
+        res = {**res, 'prompt_tokens': res['prompt_tokens'] + int(u1.get('prompt_tokens') or 0),   # paid for: counted in the rating's cost
+               'completion_tokens': res['completion_tokens'] + int(u1.get('completion_tokens') or 0)}
+        grew = int(u1.get('prompt_tokens') or 0) - int(u0.get('prompt_tokens') or 0)
+        if u0.get('prompt_tokens') and u1.get('prompt_tokens') and not 0 <= grew <= 2:   # a closed turn and a new answer header, not a continued answer
+            if ten['prefill'] is not None:
+                ten['prefill'], ten['why'] = None, f"{self.url} did not continue the prefilled answer (the prompt grew by {grew} tokens for a '1')"
+                logger.warning('%s: P(10) cannot be read on this endpoint; answers whose "1" may start a "10" say so in their error field', ten['why'])
+            return self._ten_known(res, ten['why'])
+        try:
+            content = ((d2['choices'][0].get('logprobs') or {}).get('content') or [])[:1]
+            nxt = {t['token']: t['logprob'] for t in (content[0].get('top_logprobs') or [])} or {content[0]['token']: content[0]['logprob']} if content else {}
+        except (KeyError, IndexError, TypeError, AttributeError) as e: return self._ten_known(res, f"the answer for P('0' | '1') is malformed ({e})")
+        if not nxt: return self._ten_known(res, f"{self.url} gave no logprobs after the prefilled '1'")
+        steps, gen = res.pop('_ten')
+        pr = probs_from_top_logprobs(steps, gen, self.rubric, after_one=nxt)
+        return {**res, 'score_probs': [float(x) for x in pr]}
 
     @property
     def url(self) -> str: return (self.base_url or 'https://api.openai.com/v1').rstrip('/')
@@ -267,8 +338,10 @@ class OpenAIRater(Rater):
                 left = self.give_up_after - (time.monotonic() - t0)
                 if left <= 0: return self._health.fatal(self._refused_message(time.monotonic() - t0))
                 await asyncio.sleep(min(wait, left)); wait = min(wait * 2, 4.0)
-        try: ids = [m.get('id') for m in (json.loads(raw.text).get('data') or [])] if raw is not None else []
-        except (ValueError, AttributeError): ids = []
+        try: models = json.loads(raw.text).get('data') or [] if raw is not None else []
+        except (ValueError, AttributeError): models = []
+        ids = [m.get('id') for m in models if isinstance(m, dict)]
+        self._owner = next((m.get('owned_by') for m in models if isinstance(m, dict) and m.get('id') == self.model), None)   # tells vLLM, llama.cpp, ...
         if self.model in ids: return
         try: await client.post('/chat/completions', cast_to=httpx.Response, body={'model': self.model, 'max_tokens': 1,
                                                                                    'messages': [{'role': 'user', 'content': 'Reply with 1.'}]})
@@ -342,9 +415,10 @@ class OpenAIRater(Rater):
         d, err = await self._call(client, self._params(req), limiter, est)
         if d is None and err is None: return {'key': req['key'], 'stopped': True}
         if d is None: return {'key': req['key'], 'text': None, 'score_probs': None, 'error': err, 'prompt_tokens': 0, 'completion_tokens': 0, 'truncated': False}
-        try: return self._result(req, d)
+        try: res = self._result(req, d)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             return {'key': req['key'], 'text': None, 'score_probs': None, 'error': f'malformed response: {e}', 'prompt_tokens': 0, 'completion_tokens': 0, 'truncated': False}
+        return await self._after_one(client, req, d, res, limiter) if '_ten' in res else res
 
     async def _arun(self, jobs, store, bar):
         clients, limiter, it = self._clients(), _Limiter(self.rpm, self.tpm), iter(jobs)
@@ -359,6 +433,7 @@ class OpenAIRater(Rater):
                 if self._health.stopped: return
         try:
             if self.preflight: await self._preflight(clients[0])
+            if not self._health.stopped: await self._ten_setup(clients[0])
             if not self._health.stopped:
                 async with asyncio.TaskGroup() as tg:
                     for i in range(self.concurrency): tg.create_task(worker(clients[i % len(clients)]))
@@ -378,6 +453,7 @@ class OpenAIRater(Rater):
         async def go():
             clients, limiter = self._clients(), _Limiter(self.rpm, self.tpm)
             sem = asyncio.Semaphore(self.concurrency)
+            await self._ten_setup(clients[0])
             async def one(i, x):
                 async with sem: return await fn(clients[i % len(clients)], x, limiter)
             try: return await asyncio.gather(*[one(i, x) for i, x in enumerate(items)])
@@ -499,7 +575,7 @@ class OpenAIBatchRater(OpenAIRater):
                     if j is None: continue
                     req = {**j['request'], 'key': cid}
                     if 'body' in r:
-                        try: res = self._result(req, r['body'])
+                        try: res = self._ten_known(self._result(req, r['body']), 'a Batch API answer cannot be continued from a prefilled "1"')
                         except (ValueError, KeyError, TypeError, AttributeError) as e: res = {'key': cid, 'text': None, 'error': f'malformed batch answer: {e}'}
                     else: res = {'key': cid, 'text': None, 'error': r['error']}
                     if self._next(j, res) is not None: reask.append(j)

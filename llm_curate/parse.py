@@ -152,3 +152,14 @@ def probs_from_top_logprobs(steps: list,            # per generated position: {t
             p[10 - rubric.raw_min] += first[1] * p0
             p[1 - rubric.raw_min] -= first[1] * p0
     return p
+
+def _one_may_be_ten(steps: list, generated: list, rubric) -> bool:
+    "Is P('0' | '1') needed but not in the answer: a '1' offered first, no '10', the scale reaching 10, and another token generated?"
+    toks = {str(t).strip() for t in (steps[0] if steps else {})}
+    return rubric.raw_max >= 10 and '1' in toks and '10' not in toks and not (generated and str(generated[0]).strip() == '1')
+
+def _ten_unknown(p, rubric, why: str) -> tuple:
+    "A distribution whose '1' may start a '10' that could not be told apart: (it, a note) when the mode is another rating, (None, the reason) when it may be a 1 or a 10."
+    p = np.asarray(p, dtype=np.float64); i1 = 1 - rubric.raw_min
+    if p[i1] > 0 and p[i1] >= np.delete(p, i1).max(): return None, f"P(10) unknown: {why}; the answer may be a 1 or a 10"
+    return p, f"P(10) unknown: {why}; P('1') = {p[i1] / p.sum():.2f} is counted as a 1"

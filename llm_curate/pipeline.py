@@ -38,6 +38,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {  # section -> key -> (accepted types, de
              'max_sample_tokens': ((int, type(None)), None, 'cut longer samples in the middle to this many tokens'),
              'options': (dict, {}, 'extra keyword arguments for the rater (e.g. give_up_after, max_consecutive_failures)'),
              'reask_unparsed': (bool, False, 're-ask samples an earlier run stored as unparsed (failed ones are always retried)'),
+             'rerate_unverified': (bool, False, 'rate again the ratings an older llm_curate stored without a content hash (kept, with a warning, by default)'),
              'calibrate': ((str, type(None)), None, "'quantile': bin the expected rating into equal-count levels (for weak judges whose ratings collapse)"),
              'scores': ((str, list, type(None)), None, 'use existing ratings (Parquet/CSV with id, score) instead of rating; a list of files = several raters')},
     'embed': {'model': ((str, type(None)), None, 'sentence-transformers model; the bundled MiniLM when null and offline'),
@@ -307,7 +308,7 @@ def _stage_rate(cfg, ctx: RunContext) -> str:
         from llm_curate.rate import make_rater
         kw = {k: c[k] for k in ('mode', 'max_sample_tokens', 'base_url', 'api_key_env', 'concurrency', 'batch_size') if c[k] is not None}
         rater = make_rater(c['backend'], c['rater'], **{**kw, **c['options']})
-        table = rater.rate(ds, out=ctx.run_dir / 'rating', progress=ctx.progress, reask_unparsed=c['reask_unparsed'])
+        table = rater.rate(ds, out=ctx.run_dir / 'rating', progress=ctx.progress, reask_unparsed=c['reask_unparsed'], rerate_unverified=c['rerate_unverified'])
     if c['calibrate'] == 'quantile':   # as many levels as the ratings' rubric has (DS2: 6)
         from llm_curate.curate import rating_scale
         table = quantile_levels(table, n_levels=int((rating_scale(table) or {'n_levels': 6})['n_levels']))

@@ -195,18 +195,19 @@ class Rater:
              batch_size: int | None = None,        # overrides the rater's batch_size
              retry_failed: bool = True,            # re-request samples stored as 'failed'
              reask_unparsed: bool = False,         # re-request samples stored as 'unparsed' too (kept by default)
+             rerate_unverified: bool = False,      # re-request ratings stored without a content hash (by an older llm_curate); kept with a warning by default
             ) -> pd.DataFrame:                     # the rating table, one row per unique input id, in input order
         "Rate every sample (skipping those already stored in `out` with the same content) and return the rating table."
         saved = self.batch_size
         if batch_size is not None: self.batch_size = batch_size
         try: self._check()
         except Exception: self.batch_size = saved; raise
-        if out is None: return self._rate(samples, None, progress, retry_failed, reask_unparsed, saved)
+        if out is None: return self._rate(samples, None, progress, retry_failed, reask_unparsed, rerate_unverified, saved)
         p = Path(out)
         with folder_lock(p.parent if p.suffix in ('.sqlite', '.db') else p, (p.name + '.lock') if p.suffix in ('.sqlite', '.db') else 'rate.lock', 'rating run'):
-            return self._rate(samples, out, progress, retry_failed, reask_unparsed, saved)
+            return self._rate(samples, out, progress, retry_failed, reask_unparsed, rerate_unverified, saved)
 
-    def _rate(self, samples, out, progress, retry_failed, reask_unparsed, saved):
+    def _rate(self, samples, out, progress, retry_failed, reask_unparsed, rerate_unverified, saved):
         try: store = RatingStore(out)
         except BaseException: self.batch_size = saved; raise
         try:
@@ -218,11 +219,19 @@ class Rater:
             for sid, msgs in iter_samples(samples):
                 if sid not in content: content[sid] = content_hash(msgs); order.append(sid)
             again = {s for s in order if s in stored and ((retry_failed and stored[s][0] == 'failed') or (reask_unparsed and stored[s][0] == 'unparsed'))}
-            changed = {s for s in order if s in stored and stored[s][1] is not None and stored[s][1] != content[s]}
+            changed = {s for s in order if s in stored and stored[s][1] is not None and stored[s][1].lstrip('~') != content[s]}
             if changed:
                 logger.warning('%s: %d samples changed content since they were rated (same id, other text): rating them again', rid, len(changed))
                 self.changed_ = len(changed)
-            redo = again | changed
+            # ratings stored before content hashes existed (None; '~hash' once adopted): nothing proves they were of this text
+            unverified = {s for s in order if s in stored and s not in changed and (stored[s][1] or '~').startswith('~')}
+            self.unverified_ = 0 if rerate_unverified else len(unverified)
+            if unverified and not rerate_unverified:
+                store.adopt({s: content[s] for s in unverified if stored[s][1] is None}, rid, rv)   # later edits of their text are then seen
+                logger.warning('%s: %d stored ratings of %s predate content hashes (an older llm_curate wrote them), so nothing shows they rated '
+                               'the text they are reused for; rate them again with --rerate-unverified (rate.rerate_unverified: true in a pipeline config)',
+                               store.path or ':memory:', len(unverified), rid)
+            redo = again | changed | (unverified if rerate_unverified else set())
             attempt0 = {r[0]: r[1] for r in store.con.execute(
                 'SELECT id, MAX(attempt) + 1 FROM raw WHERE rater=? AND rubric=? GROUP BY id', (rid, rv)) if r[0] in redo}
             todo_n = sum(1 for s in order if s not in stored or s in redo)

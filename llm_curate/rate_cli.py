@@ -55,7 +55,7 @@ def _cmd_rate(args) -> int:
     if backend == 'openai-batch' and args.poll_interval is not None: kw['poll_interval'] = args.poll_interval
     kw.update(_options(args.option))
     rater = make_rater(backend, args.rater, **kw)
-    df = rater.rate(ds, out=args.out, progress=not args.quiet, reask_unparsed=args.reask_unparsed)
+    df = rater.rate(ds, out=args.out, progress=not args.quiet, reask_unparsed=args.reask_unparsed, rerate_unverified=args.rerate_unverified)
     counts = df.status.value_counts().to_dict()
     changed = getattr(rater, 'changed_', 0)
     print(f"{rater.rater_id}: {len(df)} samples: " + ', '.join(f'{s} {counts.get(s, 0)}' for s in STATUSES) + f"; cost ${df.cost_usd.sum():.4f}; run folder {args.out}"
@@ -81,6 +81,7 @@ def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
     p.add_argument('--timeout', type=float, help='seconds per request'); p.add_argument('--max-retries', type=int, help='retries per request')
     p.add_argument('--max-reasks', type=int, help='re-asks of an unparsed answer (default 1)')
     p.add_argument('--reask-unparsed', action='store_true', help='also re-ask samples stored as unparsed by an earlier run (failed ones are always retried)')
+    p.add_argument('--rerate-unverified', action='store_true', help='rate again the ratings an older llm_curate stored without a content hash (kept, with a warning, by default)')
     p.add_argument('--give-up-after', type=float, help='seconds of refused connections before the run stops (default 15; -1 = never)')
     p.add_argument('--max-consecutive-failures', type=int, help='stop after this many requests in a row failed the same way (default 20; 0 = never)')
     p.add_argument('--max-sample-tokens', type=int, help='cut longer samples in the middle')

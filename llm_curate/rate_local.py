@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from .data import need
 from .rubric import DS2_RUBRIC
-from .parse import probs_from_top_logprobs
+from .parse import probs_from_top_logprobs, _one_may_be_ten
 from .rate import Rater, backend_class
 
 # %% auto #0
@@ -492,11 +492,6 @@ def rubric_json_schema(rubric=DS2_RUBRIC, # the rubric: its criteria and raw sca
     "JSON schema of a rubric's answer, for guided (structured) decoding."
     return {'type': 'object', 'additionalProperties': False, 'required': list(rubric.criteria),
             'properties': {c: {'type': 'integer', 'minimum': rubric.raw_min, 'maximum': rubric.raw_max} for c in rubric.criteria}}
-
-def _one_may_be_ten(steps: list, generated: list, rubric) -> bool:
-    "Is P('0' | '1') needed but not in the answer: a '1' offered first, no '10', the scale reaching 10, and another token generated?"
-    toks = {str(t).strip() for t in (steps[0] if steps else {})}
-    return rubric.raw_max >= 10 and '1' in toks and '10' not in toks and not (generated and str(generated[0]).strip() == '1')
 
 def _continued(messages: list, text: str) -> list:
     "The conversation with the judge's answer continued by `text` (appended to a prefilled answer, or as a new one)."

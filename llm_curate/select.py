@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
-from .data import need, atomic_write, read_table, sample_ids, has_messages, sample_messages, align_ids, id_keys
+from .data import need, atomic_files, read_table, sample_ids, has_messages, sample_messages, align_ids, id_keys
 from .knn import check_embeddings
 from .curate import longtail_score
 from .signals import response_perplexity, less_scores  # re-exported: they lived here
@@ -240,12 +240,13 @@ class Selection:
         path = Path(path)
         ds = self.to_dataset()
         keep = [c for c in ('id', 'messages', 'source') if c in ds.column_names]
-        save_samples(ds.select_columns(keep), path)
         man = {'method': self.method, 'params': self.params, 'hash': self.hash, 'pool_size': self.pool_size,
                'n_selected': len(self.ids), 'subset_file': path.name,
                'ids': self.ids, 'signal': [None if not np.isfinite(x) else float(x) for x in np.asarray(self.signal, dtype=float)],
                'reasons': self.reasons}
-        with atomic_write(_manifest_path(path)) as f: json.dump(man, f, indent=1)
+        with atomic_files(path, _manifest_path(path)) as (tsub, tman):   # a set: both files change, or neither
+            save_samples(ds.select_columns(keep), tsub)
+            with open(tman, 'w', encoding='utf-8') as f: json.dump(man, f, indent=1)
         return path
 
     @classmethod

@@ -138,8 +138,19 @@ class RatingStore:
         return {r[0] for r in self.con.execute('SELECT id FROM results WHERE rater=? AND rubric=?', (rater, rubric))}
 
     def contents(self, rater: str, rubric: str) -> dict:
-        "id -> (status, content hash or None) of the ratings stored for `rater` under rubric version `rubric`."
+        "id -> (status, content hash) of the ratings stored for `rater` under rubric version `rubric`; the hash is None, or '~hash' once adopted, for ratings an older llm_curate stored."
         return {r[0]: (r[1], r[2]) for r in self.con.execute('SELECT id, status, content FROM results WHERE rater=? AND rubric=?', (rater, rubric))}
+
+    def adopt(self, hashes: dict, # id -> the content hash of the sample it is reused for
+              rater: str, rubric: str):
+        "Stamp ratings stored without a content hash with the hash they are reused for, marked unverified ('~' + hash)."
+        with self._lock:
+            try:
+                with self.con:   # one transaction
+                    self.con.execute('BEGIN IMMEDIATE')
+                    self.con.executemany('UPDATE results SET content=? WHERE id=? AND rater=? AND rubric=? AND content IS NULL',
+                                         [('~' + h, sid, rater, rubric) for sid, h in hashes.items()])
+            except sqlite3.Error as e: raise self._error(e, 'record the content hashes of older ratings') from None
 
     def put(self, row: dict,      # one rating row (RATING_COLUMNS, and `content`: the sample's content hash)
             attempts: list,       # raw answers: dicts with attempt, mode, text, score_probs, error, tokens, cost_usd, truncated
@@ -233,7 +244,9 @@ def _row_from_attempts(sid: str, rater: str, rubric_version: str, rubric: Rubric
     parsed = None
     for a in attempts:
         if a.get('text') is None and a.get('score_probs') is None: p = parse_rating(None, rubric, error=a.get('error'))
-        elif a['mode'] == 'logprob': p = logprob_result(a.get('score_probs'), rubric)
+        elif a['mode'] == 'logprob':
+            p = logprob_result(a.get('score_probs'), rubric)
+            if a.get('error'): p['error'] = a['error']   # the backend's note on the distribution (e.g. P(10) unknown), or why there is none
         else: p = parse_rating(a.get('text'), rubric)
         parsed, last = p, a
         if p['status'] == 'ok': break

@@ -107,10 +107,14 @@ class ScriptedServer:
                  log_path: str | os.PathLike | None = None, # append one JSON line per request here
                  seed: int = 0,                   # seed of latency draws
                  api_key: str | None = None,      # answer 401 to every request whose bearer token is not this key (None: any key)
+                 owned_by: str = 'llm_curate',    # `owned_by` of the model in /models ('vllm', 'llamacpp', ... tell what server this is)
+                 prefill: str | None = None,      # a final assistant message is continued: 'continue_final_message' (vLLM: when the request says so), 'trailing' (llama.cpp's server: always) or None (closed, a new answer starts)
+                 splits_digits: bool = True,      # its tokenizer writes numbers digit by digit ('10' = '1' '0'), in /tokenize and in `dist` answers
                 ):
         self.answer, self.upstream, self.faults, self.latency = answer or rating_answer, upstream, faults or Faults(), latency
         self.max_concurrency, self.rpm, self.json_schema, self.batch_delay, self.model = max_concurrency, rpm, json_schema, batch_delay, model
         self.port, self.log_path, self.seed, self.api_key = port, log_path, seed, api_key
+        self.owned_by, self.prefill, self.splits_digits = owned_by, prefill, splits_digits
         self.log, self.files, self.batches = [], {}, {}
         self._thread = self._loop = None
 
@@ -161,6 +165,7 @@ class ScriptedServer:
                                       ('GET', 'batches/{bid}', self._get_batch), ('POST', 'batches/{bid}/cancel', self._cancel_batch),
                                       ('GET', 'batches', self._list_batches)]:
             app.router.add_route(method, '/v1/' + path, handler)
+        for path in ('/tokenize', '/extras/tokenize'): app.router.add_route('POST', path, self._tokenize)   # vLLM and llama.cpp / llama-cpp-python
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, '127.0.0.1', self.port, backlog=4096, reuse_address=True)
@@ -207,8 +212,12 @@ class ScriptedServer:
         a = {'content': ans} if isinstance(ans, str) or ans is None else dict(ans)
         if 'http_status' in a:   # the answer function asks for an HTTP error
             raise _Upstream(int(a['http_status']), {'error': {'message': a.get('error', 'error'), 'type': 'invalid_request_error', 'code': a.get('code')}})
+        msgs = body.get('messages') or []
+        cont = self._continued(body)
+        if 'dist' in a: a = {**a, **self._dist_answer(a['dist'], cont, int(body.get('max_tokens') or 2), int(body.get('top_logprobs') or 5))}
         content = a.get('content')
-        prompt = sum(_approx_tokens(str(m.get('content', ''))) for m in body.get('messages', []))
+        prompt = sum(_approx_tokens(str(m.get('content', ''))) for m in msgs)
+        if msgs and msgs[-1].get('role') == 'assistant' and cont is None: prompt += 5   # closed like ChatML: end of turn, new answer header
         choice = {'index': 0, 'message': {'role': 'assistant', 'content': content}, 'finish_reason': a.get('finish_reason', 'stop'), 'logprobs': None}
         if body.get('logprobs'):
             lps = a.get('logprobs') or make_logprobs(content or '', int(body.get('top_logprobs') or 5))
@@ -218,6 +227,35 @@ class ScriptedServer:
                 'model': body.get('model') or self.model, 'choices': [choice],
                 'usage': {'prompt_tokens': int(a.get('prompt_tokens', prompt)), 'completion_tokens': int(a.get('completion_tokens', _approx_tokens(content or ''))),
                           'total_tokens': 0}}
+
+    def _continued(self, body: dict) -> str | None:
+        "The prefilled answer the model continues (a final assistant message the server keeps open), or None."
+        msgs = body.get('messages') or []
+        if not msgs or msgs[-1].get('role') != 'assistant': return None
+        if self.prefill == 'trailing' or (self.prefill == 'continue_final_message' and body.get('continue_final_message') and not body.get('add_generation_prompt', True)):
+            return str(msgs[-1].get('content') or '')
+        return None
+
+    def _dist_answer(self, dist, cont: str | None, max_tokens: int, top_k: int) -> dict:
+        "Greedy answer and top logprobs of a judge whose ratings 1..len(dist) have probabilities `dist`, behind this server's tokenizer."
+        p = [float(x) for x in dist]
+        eot, split = '<|im_end|>', self.splits_digits
+        def first():
+            d = {}
+            for r, pr in enumerate(p, 1): d[str(r)[0] if split else str(r)] = d.get(str(r)[0] if split else str(r), 0.0) + pr
+            return d
+        def after_one():   # only '1' and '10' start with '1' on a 1-10 scale
+            tot = p[0] + (p[9] if len(p) > 9 else 0.0)
+            return {'0': p[9] / tot, eot: p[0] / tot} if tot > 0 and len(p) > 9 else {eot: 1.0}
+        step = (after_one() if split else {eot: 1.0}) if cont is not None and cont.endswith('1') else {eot: 1.0} if cont is not None else first()
+        out = []
+        while len(out) < max_tokens:
+            top = dict(sorted(((t, v) for t, v in step.items() if v > 0), key=lambda x: -x[1])[:top_k])
+            tok = max(top, key=top.get)
+            out.append({'token': tok, 'top': {t: math.log(v) for t, v in top.items()}})
+            if tok == eot: break
+            step = after_one() if tok == '1' and split else {eot: 1.0}
+        return {'content': ''.join(x['token'] for x in out if x['token'] != eot), 'logprobs': out, 'completion_tokens': len(out)}
 
     async def _answer(self, body: dict) -> dict:
         "A completion dict for a request body (scripted or proxied)."
@@ -234,7 +272,20 @@ class ScriptedServer:
     async def _models(self, request):
         if self.upstream:   # a proxy lists the models of the server behind it
             async with self._session.get(self.upstream.rstrip('/') + '/models') as r: return self._json(await r.json(content_type=None), r.status)
-        return self._json({'object': 'list', 'data': [{'id': self.model, 'object': 'model', 'owned_by': 'llm_curate'}]})
+        return self._json({'object': 'list', 'data': [{'id': self.model, 'object': 'model', 'owned_by': self.owned_by}]})
+
+    async def _tokenize(self, request):
+        "Token ids of a text (vLLM's `prompt`, llama.cpp's `content`, llama-cpp-python's `input`)."
+        import re
+        body = await request.json()
+        if self.upstream:   # a proxy asks the tokenizer of the server behind it
+            async with self._session.post(self.upstream.rstrip('/').removesuffix('/v1') + request.path, json=body) as r:
+                return self._json(await r.json(content_type=None), r.status)
+        text = next((body[k] for k in ('prompt', 'content', 'input') if isinstance(body.get(k), str)), None)
+        if text is None: return self._error(400, 'nothing to tokenize', 'invalid_request_error')
+        toks = re.findall(r'\d' if self.splits_digits else r'\d+', text) + re.findall(r'[^\d\s]+', text)
+        ids = [sum(map(ord, t)) for t in toks]
+        return self._json({'tokens': ids, 'count': len(ids)})
 
     async def _chat(self, request):
         web = need('aiohttp.web', 'dev')

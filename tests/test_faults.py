@@ -388,6 +388,41 @@ def test_edited_samples_with_the_same_ids_are_rated_again(tmp_path):
     for uid, key in want.items(): assert df.loc[uid, 'score'] == DS2_RUBRIC.to_level(fake_rating(key)), uid
 
 
+
+def _old_store(run):
+    "Turn a run's store into one an llm_curate from before content hashes wrote: no `content` column in `results`."
+    con = sqlite3.connect(run / 'ratings.sqlite')
+    con.execute('ALTER TABLE results DROP COLUMN content'); con.commit(); con.close()
+    assert 'content' not in {r[1] for r in sqlite3.connect(run / 'ratings.sqlite').execute('PRAGMA table_info(results)')}
+
+
+def test_old_store_without_content_hashes_is_adopted_with_a_warning_or_rated_again(tmp_path):
+    rows = samples(30)
+    pool = write_pool(tmp_path / 'pool.jsonl', rows)
+    with ScriptedServer() as srv:
+        assert cli(*rate_args(pool, srv.url, tmp_path / 'run')).returncode == 0
+        _old_store(tmp_path / 'run')
+        for r in rows[:4]: r['messages'][1]['content'] += ' Edited after the old run.'   # nothing can tell these apart now
+        write_pool(pool, rows)
+        n0 = len(chats(srv))
+        r = cli(*rate_args(pool, srv.url, tmp_path / 'run'))   # default: kept, said in one line, with the flag to use
+        assert r.returncode == 0 and len(chats(srv)) == n0, r.stderr[-2000:]
+        warn = [l for l in r.stderr.splitlines() if 'predate content hashes' in l]
+        assert len(warn) == 1 and '30 stored ratings' in warn[0] and '--rerate-unverified' in warn[0], r.stderr[-2000:]
+        for r_ in rows[4:6]: r_['messages'][1]['content'] += ' Edited after the upgrade.'   # adopted hashes see later edits
+        write_pool(pool, rows)
+        r = cli(*rate_args(pool, srv.url, tmp_path / 'run'))
+        assert r.returncode == 0 and len(chats(srv)) == n0 + 2, r.stderr[-2000:]
+        assert '28 stored ratings' in r.stderr   # still unverified, still said
+        r = cli(*rate_args(pool, srv.url, tmp_path / 'run', '--rerate-unverified'))
+        assert r.returncode == 0 and len(chats(srv)) == n0 + 2 + 28, r.stderr[-2000:]
+        r = cli(*rate_args(pool, srv.url, tmp_path / 'run'))
+        assert r.returncode == 0 and len(chats(srv)) == n0 + 30 and 'predate' not in r.stderr, r.stderr[-2000:]
+    df = export_ratings(tmp_path / 'run').set_index('id')
+    from llm_curate.testing import fake_rating
+    from llm_curate.rate import DS2_RUBRIC
+    for x in rows: assert df.loc[x['uid'], 'score'] == DS2_RUBRIC.to_level(fake_rating(sample_key(render_conversation(x['messages'])))), x['uid']
+
 def test_second_pool_with_the_same_ids_gets_its_own_embeddings(tmp_path):
     from llm_curate.embed import embed_samples
     a = [{'id': s['uid'], 'messages': s['messages']} for s in samples(40, 'Cooking. ')]
@@ -530,6 +565,46 @@ def test_curation_report_is_written_as_a_set(tmp_path):
     assert len(back.frame) == 60 and 'bad' not in back.params
 
 
+
+def _pair(out):
+    "(subset ids, manifest ids) of a written selection, None for a missing file."
+    man = out.with_name(out.name.replace('.jsonl', '.manifest.json'))
+    sub = [json.loads(l)['id'] for l in out.read_text().splitlines()] if out.exists() else None
+    return sub, (json.loads(man.read_text())['ids'] if man.exists() else None)
+
+
+@pytest.mark.parametrize('fail_at', ['fsync', 'replace'])
+def test_select_out_writes_the_subset_and_its_manifest_as_a_set(tmp_path, monkeypatch, fail_at):
+    "A disk that fails at the n-th fsync (or rename) of `select --out`, for every n: either the old pair or the new pair, never a mix."
+    from llm_curate.cli import main
+    rows = samples(40)
+    pool = write_pool(tmp_path / 'pool.jsonl', rows)
+    sc = tmp_path / 'scores.csv'
+    pd.DataFrame({'id': [r['uid'] for r in rows], 'score': [i % 6 for i in range(40)]}).to_csv(sc, index=False)
+    out = tmp_path / 'sel' / 'subset.jsonl'
+    (tmp_path / 'sel').mkdir(); (tmp_path / 'sel' / 'notes.md').write_text('mine')
+    args = lambda b: ['select', pool, '--id-field', 'uid', '--method', 'alpagasus', '--scores', sc, '--budget', str(b), '--out', out]
+    assert main(list(map(str, args(10)))) == 0
+    old = _pair(out)
+    assert old[0] == old[1] and len(old[0]) == 10
+    real = getattr(os, fail_at)
+    for n in range(1, 10):
+        calls = []
+        def hook(*a):
+            calls.append(a)
+            if len(calls) == n: raise OSError(errno.ENOSPC, 'No space left on device')
+            return real(*a)
+        monkeypatch.setattr(os, fail_at, hook)
+        try: rc = main(list(map(str, args(20))))
+        except OSError: rc = None
+        monkeypatch.setattr(os, fail_at, real)
+        got = _pair(out)
+        assert got[0] == got[1], f'{fail_at} #{n} left a subset of {len(got[0] or [])} beside a manifest of {len(got[1] or [])}'
+        if rc == 0: break
+        assert got == old, f'{fail_at} #{n} failed the write but changed the files'
+    assert rc == 0 and len(_pair(out)[0]) == 20 and n > 1
+    assert sorted(p.name for p in out.parent.iterdir()) == ['notes.md', 'subset.jsonl', 'subset.manifest.json']
+
 # --- 7. small ones ----------------------------------------------------------------------------------------
 
 def test_logprob_ten_is_read_even_when_the_greedy_token_is_not_one():
@@ -540,6 +615,91 @@ def test_logprob_ten_is_read_even_when_the_greedy_token_is_not_one():
     p = probs_from_top_logprobs(steps, ['8', '<eos>'], after_one={'0': math.log(0.9), '.': math.log(0.1)})
     np.testing.assert_allclose(p[[0, 7, 9]], [0.04, 0.6, 0.36])
 
+
+
+# a judge behind a digit-splitting tokenizer: "10" is "1" then "0"
+D_ONE = [0.1, 0, 0, 0, 0, 0, 0, 0.3, 0.1, 0.5]      # "1" first (0.6) is the greedy token: the answer itself shows P("0" | "1")
+D_EIGHT = [0.05, 0, 0, 0, 0, 0, 0, 0.45, 0.15, 0.35]  # "8" is greedy; the "1" (0.40) is mostly a 10, which only a prefilled "1" shows
+D_NO_TEN = [0.05, 0, 0, 0, 0, 0, 0, 0.6, 0.35, 0]    # no 10 at all: its "1" is a 1
+
+SERVERS = {   # ScriptedServer options, rater options, what should happen
+    'vllm': (dict(owned_by='vllm', prefill='continue_final_message'), {}, 'read'),
+    'llama.cpp': (dict(owned_by='llamacpp', prefill='trailing'), {}, 'read'),
+    'cannot': (dict(owned_by='me'), {}, 'unknown'),                                  # llama-cpp-python: a final assistant turn is closed
+    'claims but cannot': (dict(owned_by='me'), {'prefill': 'trailing', 'concurrency': 1}, 'unknown'),
+    'one token': (dict(owned_by='vllm', prefill='continue_final_message', splits_digits=False), {}, 'no request')}
+
+
+@pytest.mark.parametrize('kind', list(SERVERS))
+def test_logprob_ten_on_openai_compatible_servers(kind):
+    opts, rkw, want = SERVERS[kind]
+    rows = [{'id': r['uid'], 'messages': r['messages']} for r in samples(12)]
+    dist = {r['id']: (D_NO_TEN if kind == 'one token' else [D_ONE, D_EIGHT][i % 2]) for i, r in enumerate(rows)}
+    by_key = {sample_key(render_conversation(r['messages'])): r['id'] for r in rows}
+    bodies = []
+    def judge(body):
+        bodies.append(body)
+        return {'dist': dist[by_key[sample_key(body['messages'])]]}
+    with ScriptedServer(judge, **opts) as srv:
+        rater = make_rater('openai', 'scripted', base_url=srv.url, mode='logprob', **{'concurrency': 4, **rkw})
+        df = rater.rate(rows, progress=False).set_index('id')
+    follow = [b for b in bodies if b['messages'][-1]['role'] == 'assistant']
+    assert all(b['messages'][-1]['content'] == '1' and b['max_tokens'] == 1 for b in follow)
+    eights = [i for i, d in dist.items() if d is D_EIGHT]
+    for i, d in dist.items():   # answers whose greedy token is "1" are read off the answer, whatever the server
+        if d is D_ONE: np.testing.assert_allclose(df.loc[i, 'score_probs'], D_ONE, atol=1e-9); assert df.loc[i, 'error'] is None
+    if want == 'read':
+        assert len(follow) == len(eights) == 6   # one short request for each answer whose "1" may start a 10, no other
+        assert all(b.get('continue_final_message') is (True if kind == 'vllm' else None) for b in follow)
+        for i in eights:
+            np.testing.assert_allclose(df.loc[i, 'score_probs'], D_EIGHT, atol=1e-9)
+            assert df.loc[i, 'status'] == 'ok' and df.loc[i, 'error'] is None
+            assert abs(df.loc[i, 'expected_raw'] - np.dot(D_EIGHT, np.arange(1, 11))) < 1e-9
+        one = df.loc[[i for i, d in dist.items() if d is D_ONE], 'prompt_tokens']
+        assert (df.loc[eights, 'prompt_tokens'].to_numpy() > 1.9 * one.to_numpy()).all()   # the second request is paid for
+    elif want == 'unknown':
+        assert len(follow) == (1 if kind == 'claims but cannot' else 0)   # found out once, then never asked again
+        for i in eights:   # the mode (8) is sure, so the rating stands, saying what it could not know
+            assert df.loc[i, 'status'] == 'ok' and df.loc[i, 'overall_raw'] == 8
+            err = df.loc[i, 'error']
+            assert err.startswith('P(10) unknown') and "P('1') = 0.40 is counted as a 1" in err, err
+            assert ('did not continue the prefilled answer' if kind == 'claims but cannot' else 'not known to continue') in err, err
+    else:
+        assert follow == [] and all(df['error'].isna())
+        for i in dist: np.testing.assert_allclose(df.loc[i, 'score_probs'], D_NO_TEN, atol=1e-9)
+
+
+ALPACA = Path('/work/shared/data/instruct/alpagasus/random_9k.json')
+
+
+@pytest.mark.slow   # ~30 s: a real llama.cpp model on the CPU
+@pytest.mark.skipif(not ALPACA.exists(), reason='needs the real Alpaca sample of /work/shared/data')
+def test_logprob_ten_on_the_real_smollm2_server():
+    "llama-cpp-python's server (SmolLM2 splits '10'; a final assistant turn is closed, not continued): P(10) is said to be unknown, never silently a 1."
+    pytest.importorskip('llama_cpp.server')
+    from llm_curate.openai_rate import OpenAIRater
+    from llm_curate.servers import llama_server
+    raw = json.loads(ALPACA.read_text())[:4]
+    rows = [{'id': f'a{i}', 'messages': [{'role': 'user', 'content': r['instruction'] + ('\n\n' + r['input'] if r['input'] else '')},
+                                         {'role': 'assistant', 'content': r['output']}]} for i, r in enumerate(raw)]
+    with llama_server() as url, ScriptedServer(upstream=url) as proxy:   # the proxy counts the requests
+        got = {}
+        for prefill in ('auto', 'trailing'):
+            n0 = len(chats(proxy))
+            df = OpenAIRater('smollm2', base_url=proxy.url, mode='logprob', prefill=prefill, concurrency=1).rate(rows, progress=False)
+            got[prefill] = (df.set_index('id'), len(chats(proxy)) - n0)
+    for prefill, (df, sent) in got.items():
+        noted = df[df['error'].fillna('').str.startswith('P(10) unknown')]
+        assert len(noted) >= 1, df[['status', 'raw_text', 'error']]
+        assert not noted['error'].str.contains('splits_ten').any()   # the server's tokenizer was asked: "10" is two tokens
+        silent_one = (df['status'] == 'ok') & (df['overall_raw'] == 1) & df['error'].isna() & ~df['raw_text'].fillna('').str.startswith('1')
+        assert not silent_one.any(), df[['status', 'raw_text', 'error']]
+        if prefill == 'auto':   # llama-cpp-python is not known to continue a prefilled answer: nothing more is asked
+            assert sent == len(rows) and noted['error'].str.contains('not known to continue').all()
+        else:   # told to try: the one follow-up shows the turn was closed (the prompt grew), it is paid for, and never sent again
+            assert sent == len(rows) + 1 and noted['error'].str.contains('did not continue the prefilled answer').all()
+            first = noted.index[0]
+            assert df.loc[first, 'prompt_tokens'] > 1.8 * got['auto'][0].loc[first, 'prompt_tokens']
 
 def test_inf_scores_name_the_row_not_a_garbage_integer(tmp_path):
     from llm_curate.embed import save_embeddings

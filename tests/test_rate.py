@@ -314,8 +314,15 @@ def test_real_smollm2_json_mode(smollm2_url, tmp_path):
 def test_real_smollm2_logprob_mode(smollm2_url):
     s = [{'id': 'fr', 'messages': [{'role': 'user', 'content': 'What is the capital of France?'}, {'role': 'assistant', 'content': 'Paris.'}]}]
     df = OpenAIRater('smollm2', base_url=smollm2_url, mode='logprob', concurrency=1, timeout=120).rate(s, progress=False)
-    row = df.iloc[0]   # greedy decoding on llama.cpp is deterministic: this sample's first position holds the score tokens
-    assert row.status == 'ok', (row.raw_text, row.error)
+    row = df.iloc[0]   # greedy decoding on llama.cpp is deterministic: the answer starts "The capital", and "1" is the likeliest rating token
+    # SmolLM2 writes "10" as "1" "0" and llama-cpp-python's server closes a prefilled answer: that "1" may be a 10, and the rating says so
+    assert row.status == 'unparsed' and row.score_probs is None, (row.raw_text, row.error)
+    assert row.error.startswith('P(10) unknown') and 'may be a 1 or a 10' in row.error and 'splits_ten' not in row.error, row.error
+    with ScriptedServer(upstream=smollm2_url) as proxy:   # told that the tokenizer has a "10" token, the first position is read as it is
+        df = OpenAIRater('smollm2', base_url=proxy.url, mode='logprob', splits_ten=False, concurrency=1, timeout=120).rate(s, progress=False)
+        assert len(proxy.log) == 1   # no follow-up request
+    row = df.iloc[0]
+    assert row.status == 'ok' and row.error is None, (row.raw_text, row.error)
     assert len(row.score_probs) == 10 and abs(sum(row.score_probs) - 1) < 1e-6 and 1 <= row.expected_raw <= 10
     assert row.score == DS2_RUBRIC.to_level(row.overall_raw) and row.overall_raw == 1 + int(np.argmax(row.score_probs))
 

@@ -297,7 +297,13 @@ def make_rater(backend: str | None, # a key of BACKENDS; None = the preset's bac
     preset = dict(PRESETS.get(model, {}))
     preset_backend = preset.pop('backend', 'openai')
     backend = backend or preset_backend
-    args = {**preset, **kw}; args.setdefault('model', model)
     cls = backend_class(backend)
+    if backend != preset_backend:   # the preset's options for its own backend that this one does not take (e.g. a prefill) are dropped
+        import inspect
+        takes = set(inspect.signature(cls.__init__).parameters) | set(inspect.signature(Rater.__init__).parameters)
+        dropped = [k for k in preset if k not in takes]
+        if dropped: logger.info("%s on the %s backend: preset options %s do not apply and are left out", model, backend, dropped)
+        preset = {k: v for k, v in preset.items() if k not in dropped}
+    args = {**preset, **kw}; args.setdefault('model', model)
     if backend == 'function': return cls(args.pop('fn'), name=args.pop('model'), **args)
     return cls(**args)

@@ -343,3 +343,11 @@ def test_cli_backend_options_are_parsed():
     assert _options(['num_threads=1', 'device=cuda', 'logprob-prefill=Overall rating: ', 'top_k=null']) == {
         'num_threads': 1, 'device': 'cuda', 'logprob_prefill': 'Overall rating: ', 'top_k': None}
     with pytest.raises(ValueError, match='expected KEY=VALUE'): _options(['num_threads'])
+
+
+def test_preset_on_another_backend_drops_its_backend_options():
+    "`--rater smollm2 --backend openai` (the bundled judge served by llama.cpp): the transformers-only prefill is left out."
+    from llm_curate.rate import make_rater
+    r = make_rater('openai', 'smollm2', base_url='http://127.0.0.1:9/v1')
+    assert type(r).__name__ == 'OpenAIRater' and r.mode == 'logprob' and r.model == 'smollm2'
+    assert make_rater(None, 'smollm2').logprob_prefill == 'Overall rating: '     # its own backend keeps it

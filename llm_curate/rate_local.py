@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from .data import need
 from .rubric import DS2_RUBRIC
-from .parse import probs_from_top_logprobs, _one_may_be_ten
+from .parse import probs_from_top_logprobs, _one_may_be_ten, _ten_unknown
 from .rate import Rater, backend_class
 
 # %% auto #0
@@ -575,7 +575,10 @@ class VLLMRater(Rater):
         "Score tokens after a forced '1' for answers whose '1' may start a '10' that greedy decoding did not follow."
         convs = [_continued(r['messages'], '1') for _, r, _, _ in pending]
         for (k, r, steps, gen), o in zip(pending, self._chat(convs, self._params('logprob', 1))):
-            if isinstance(o, Exception) or not o.outputs: continue
+            if isinstance(o, Exception) or not o.outputs:   # P("0" | "1") unread: say so, never count a possible 10 as a 1 silently
+                why = f'the forced-"1" pass failed ({type(o).__name__}: {o})' if isinstance(o, Exception) else 'the forced-"1" pass gave no output'
+                q, note = _ten_unknown(out[k]['score_probs'], self.rubric, why[:300])
+                out[k].update(score_probs=None if q is None else [float(x) for x in q], error=note); continue
             nxt, _ = _top_logprob_steps(o.outputs[0])
             p = probs_from_top_logprobs(steps, gen, rubric=self.rubric, after_one=nxt[0] if nxt else {})
             out[k]['score_probs'] = None if p is None else [float(x) for x in p]

@@ -268,3 +268,17 @@ def test_vllm_logprob_and_json(smol_dir):
     js = r.rate(pool(4), progress=False)
     assert (js.status == 'ok').all()          # guided decoding: always the rubric's JSON
     assert len(r.chat([[{'role': 'user', 'content': 'Say hi.'}]], max_tokens=8)) == 1
+
+
+def test_vllm_failed_forced_one_pass_is_said_not_counted_as_one():
+    "vLLM path: when the extra pass that reads P('0' | '1') fails, the rating says P(10) is unknown (no score when 1 is the mode)."
+    r = VLLMRater('some/model', mode='logprob')
+    r._params = lambda mode, max_tokens, temperature=0.0: None
+    r._chat = lambda convs, params: [RuntimeError('CUDA error: out of memory') for _ in convs]
+    one_first = [0.6, 0.1, 0.1, 0.1, 0.1, 0, 0, 0, 0, 0]      # "1" is the mode: a 1 or the start of a 10
+    nine_first = [0.2, 0, 0, 0, 0, 0, 0, 0, 0.8, 0]           # 9 is the mode, the "1" share stays a 1 with a note
+    req = {'key': 'a', 'messages': [{'role': 'user', 'content': 'rate'}], 'mode': 'logprob', 'max_tokens': 2}
+    out = [{'key': 'a', 'score_probs': list(one_first), 'error': None}, {'key': 'b', 'score_probs': list(nine_first), 'error': None}]
+    r._after_one([(0, req, [{'1': -0.5}], ['The']), (1, {**req, 'key': 'b'}, [{'9': -0.2}], ['The'])], out)
+    assert out[0]['score_probs'] is None and 'P(10) unknown' in out[0]['error'] and 'out of memory' in out[0]['error']
+    assert out[1]['score_probs'] == nine_first and 'counted as a 1' in out[1]['error']

@@ -2,10 +2,10 @@
 """k-NN search and score curation (the score curation of the DS2 paper, Pang et al., ICLR 2025) at scale, side by side with faiss exact search: prints one table.
 
 Data, each case in a fresh child process (so its peak RSS is its own):
-- `real`: MiniLM embeddings of the shared real texts (T0, Alpaca, Dolly, Code Alpaca, LIMA in ../shared/data), embedded
-  once with `--embed-real CACHE.npy` (the bundled all-MiniLM-L6-v2, `--max-seq-length` tokens) and read from that file;
-  run twice: as `knn_graph` decides (at tens of thousands of rows the cost model may pick exact search), and with the
-  approximate search forced (`exact=False`), to show its speed, recall and curation agreement on real geometry;
+- `real`: MiniLM embeddings of the shared real texts (T0, Alpaca, Dolly, Code Alpaca, LIMA in ../shared/data; texts whose first
+  `--max-seq-length` tokens agree are kept once), embedded with the bundled all-MiniLM-L6-v2 (PyTorch backend) the first time
+  into `--real` (default under ~/.cache/llm_curate/benchmarks, resumable: rows already embedded are cached) and read from it;
+  run twice: as `knn_graph` decides, and with the approximate search forced (`exact=False`);
 - `realistic`: `llm_curate.knn.realistic_embeddings`, the generator fitted to those real embeddings (spectrum stretched to d);
 - `easy`: the old generator (tight clusters, 20 rows each): an EASY case, kept to show how much the data matter.
 Ratings: 6 levels from the embedding (quantiles of a random projection, so neighbours share levels), 30% of them corrupted
@@ -18,37 +18,70 @@ is extrapolated from the exact neighbours of the 1,000 recall queries (marked ~)
 set size after our curation (before any exact comparison), divided by the float32 size of the embedding matrix. The 1-minute
 load average (`uptime`) is recorded at the start and end of each case: the machine is shared.
 
-    python benchmarks/curation_speed.py --embed-real ~/real_minilm.npy            # once (slow on 2 cores)
-    python benchmarks/curation_speed.py --real ~/real_minilm.npy --sizes 100000,300000,1000000
-    python benchmarks/curation_speed.py --real ~/real_minilm.npy --sizes 100000 --easy 100000   # quick
-    python benchmarks/curation_speed.py --real ~/real_minilm.npy --fit-geometry llm_curate/assets/minilm_real_geometry.json
+    python benchmarks/curation_speed.py --embed-only                              # once: embed the real texts (slow on 2 cores)
+    python benchmarks/curation_speed.py --sizes 100000,300000,1000000 --easy 100000   # the table
+    python benchmarks/curation_speed.py --sizes 100000                                 # quick
+    python benchmarks/curation_speed.py --sizes '' --fit-geometry llm_curate/assets/minilm_real_geometry.json  # refit the generator
 """
 import argparse, json, math, os, resource, subprocess, sys, time
 
 import numpy as np
 
-SHARED = os.environ.get('LLM_CURATE_SHARED_DATA', os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get('LLM_CURATE_SHARED_DATA') or next(
+    (p for p in (os.path.join(_ROOT, '..', 'shared', 'data'), os.path.join(_ROOT, '..', '..', 'shared', 'data')) if os.path.isdir(p)),
+    os.path.join(_ROOT, '..', 'shared', 'data'))   # the repository's sibling `shared/data` (or a worktree's, one level up)
+DEFAULT_REAL = os.path.join(os.environ.get('LLM_CURATE_CACHE', os.path.expanduser('~/.cache/llm_curate')), 'benchmarks', 'real_minilm_64tok.npy')
 SOURCES = [('alpaca', 'instruct/alpagasus/random_9k.json'), ('dolly', 'instruct/alpagasus/dolly_3k.json'),
            ('codealpaca', 'instruct/codealpaca/code_alpaca_2k.json'), ('lima', 'instruct/lima/lima_train_1029.json'),
            ('t0', 't0_train_50k/t0_train_50k.jsonl.gz')]
 
 
-def embed_real(out: str, max_seq_length: int = 64, step: int = 2048):
-    "Embed every shared real text once (uniformly shuffled, so any prefix is a mix of the sources); saves `out` every step."
+def real_texts(max_seq_length: int = 64):
+    "Every shared real text (uniformly shuffled, so any prefix mixes the sources), duplicates removed: two texts whose first `max_seq_length` tokens agree embed identically, so only the first is kept."
     from llm_curate.data import load_samples, render_conversation
-    from llm_curate.embed import embed_texts
+    from llm_curate.embed import load_embedder
     from llm_curate.models import minilm_path
     texts, src = [], []
     for name, f in SOURCES:
         for r in load_samples(os.path.join(SHARED, f), on_error='skip'): texts.append(render_conversation(r['messages'])); src.append(name)
     order = np.random.default_rng(0).permutation(len(texts))
-    texts = [texts[i] for i in order]
-    with open(out + '.sources.json', 'w') as f: json.dump([src[i] for i in order], f)
+    tok = load_embedder(minilm_path()).tokenizer
+    seen, keep = set(), []
+    for s in range(0, len(order), 4096):
+        ids = tok([texts[i] for i in order[s:s + 4096]], truncation=True, max_length=max_seq_length)['input_ids']
+        for i, t in zip(order[s:s + 4096], ids):
+            if (t := tuple(t)) not in seen: seen.add(t); keep.append(i)
+    return [texts[i] for i in keep], [src[i] for i in keep], len(texts)
+
+
+def embed_real(out: str, max_seq_length: int = 64, cache_dir: str | None = None, step: int = 4096) -> np.ndarray:
+    "Embed the deduplicated shared real texts with the bundled MiniLM (PyTorch backend) into `out` (.npy, float32), saving every `step` rows; rows already in `cache_dir` are not embedded again."
+    from llm_curate.embed import embed_texts
+    from llm_curate.models import minilm_path
+    texts, src, n_all = real_texts(max_seq_length)
+    print(f'{n_all:,} real texts, {len(texts):,} distinct in their first {max_seq_length} tokens', file=sys.stderr, flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + '.sources.json', 'w') as f: json.dump(src, f)
+    cache_dir = cache_dir or out + '.cache'
+    t = time.perf_counter()
     for s in range(0, len(texts), step):
-        X = embed_texts(texts[:s + step], model=minilm_path(), cache_dir=out + '.cache', progress=False, chunk_size=1024,
-                        max_seq_length=max_seq_length)
-        np.save(out + '.tmp.npy', X); os.replace(out + '.tmp.npy', out)
-        print(f'{len(X)} rows', file=sys.stderr, flush=True)
+        X = embed_texts(texts[:s + step], model=minilm_path(), cache_dir=cache_dir, progress=False, chunk_size=1024,
+                        max_seq_length=max_seq_length, backend='torch')
+        tmp = out[:-4] + '.tmp.npy'
+        np.save(tmp, X.astype(np.float32)); os.replace(tmp, out)
+        print(f'{len(X):,} rows, {time.perf_counter() - t:.0f} s', file=sys.stderr, flush=True)
+    return X
+
+
+def ensure_real(path: str, max_seq_length: int = 64, cache_dir: str | None = None) -> int:
+    "Rows of the real-text matrix at `path`, embedding the shared texts first when the file is missing or has fewer rows than its texts."
+    src = path + '.sources.json'
+    if os.path.exists(path) and os.path.exists(src):
+        with open(src) as f: n_src = len(json.load(f))
+        n = len(np.load(path, mmap_mode='r'))
+        if n >= n_src: return n
+    return len(embed_real(path, max_seq_length, cache_dir))
 
 
 def easy(n: int, d: int, seed: int = 0, per_cluster: int = 20, spread: float = 0.7) -> np.ndarray:
@@ -146,6 +179,18 @@ def fmt_table(rows) -> str:
     return '\n'.join(lines)
 
 
+def phases(rows) -> str:
+    "Where each case's time went: the k-NN phases (from KNNGraph.params) and the curation."
+    keys = ('dedupe_s', 'truth_s', 'pca_s', 'pilot_s', 'build_s', 'tune_s', 'approx_search_s')
+    out = ['| data | N | ' + ' | '.join(k[:-2] for k in keys) + ' | exact search | curation |', '|:--|---:|' + '---:|' * (len(keys) + 2)]
+    for r in rows:
+        if 'error' in r: continue
+        p = r['params']
+        ex = f"{r['knn_s']:.1f}" if r['method'].startswith('exact') else ''
+        out.append(f"| {r['kind']} | {r['N']:,} | " + ' | '.join(f'{p[k]:.1f}' if k in p else '' for k in keys) + f" | {ex} | {r['total_s'] - r['knn_s']:.1f} |")
+    return '\n'.join(out)
+
+
 def growth(rows) -> str:
     rr = sorted([r for r in rows if r.get('kind') == 'realistic' and 'error' not in r], key=lambda r: r['N'])
     if len(rr) < 2: return ''
@@ -157,7 +202,10 @@ def growth(rows) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--real', help='.npy of real-text embeddings (written by --embed-real)')
+    ap.add_argument('--real', default=DEFAULT_REAL, help='.npy of the real-text embeddings: built here (embedding the shared texts, resumable) '
+                    'when missing or incomplete (default: %(default)s)')
+    ap.add_argument('--no-real', action='store_true', help='skip the real-text cases')
+    ap.add_argument('--embed-cache', help='embedding cache folder of --real (default: REAL.cache)')
     ap.add_argument('--real-n', type=int, default=0, help='use the first N real rows (0: all)')
     ap.add_argument('--sizes', default='100000,300000,1000000', help='comma-separated N of the realistic generator ("" for none)')
     ap.add_argument('--easy', default='', help='comma-separated N of the easy (old) generator')
@@ -167,12 +215,14 @@ def main(argv=None):
     ap.add_argument('--exact-max', type=int, default=120000, help='run exact search in full up to this many rows (above: extrapolated)')
     ap.add_argument('--timeout', type=float, default=3600, help='seconds per case')
     ap.add_argument('--json', help='also write the rows as JSON to this file')
-    ap.add_argument('--embed-real', metavar='OUT', help='embed the shared real texts into OUT (.npy) and exit')
-    ap.add_argument('--max-seq-length', type=int, default=64, help='--embed-real: tokens per text')
+    ap.add_argument('--embed-only', action='store_true', help='build --real and exit')
+    ap.add_argument('--max-seq-length', type=int, default=64, help='tokens per text when embedding the real texts')
     ap.add_argument('--fit-geometry', metavar='OUT', help='fit the realistic generator to --real and write its JSON to OUT, then exit')
     ap.add_argument('--child', nargs=3, metavar=('KIND', 'N', 'D'), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    if a.embed_real: embed_real(a.embed_real, a.max_seq_length); return 0
+    if a.no_real: a.real = None
+    if a.real and not a.child: ensure_real(a.real, a.max_seq_length, a.embed_cache)
+    if a.embed_only: return 0
     if a.fit_geometry:
         from llm_curate.knn import fit_geometry
         X = np.load(a.real)
@@ -202,6 +252,7 @@ def main(argv=None):
     print(f"k={a.k}, K=6 levels (30% corrupted), {os.cpu_count()} CPU cores (shared: see the load column; CPU s = user+system seconds of the case), {a.dtype} storage; "
           f"~ = exact time extrapolated from 1,000 exact queries; times exclude generating or loading the embeddings.")
     print(fmt_table(rows))
+    print('\nWhere the time went (wall seconds):\n' + phases(rows))
     gr = growth(rows)
     if gr: print(gr)
     if a.json:

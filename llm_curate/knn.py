@@ -82,7 +82,7 @@ class KNNGraph:
     distances: np.ndarray    # (N, k) float32 cosine distances 1 - x.x' in [0, 2], ascending
     group: np.ndarray        # (N,) int64 duplicate group of each row (rows with identical embeddings share one)
     n_unique: int            # number of distinct rows M
-    method: str              # 'exact', 'exact-gpu', 'pca-flat', 'pca-ivf', 'pca-hnsw' (or '...-ray')
+    method: str              # 'exact', 'exact-gpu', 'pca-flat', 'pca-ivf', 'pca-hnsw', 'hnsw' (or '...-ray')
     recall: float | None = None  # recall@k of the approximate search on held-out sample queries (None: exact)
     params: dict = field(default_factory=dict)  # the cost model's estimates, chosen parameters, timings
 
@@ -184,7 +184,7 @@ def _project(U: np.ndarray, mean: np.ndarray, P: np.ndarray, block: int = 65536)
     return Z
 
 class _Candidates:
-    "A faiss index over PCA coordinates returning candidate neighbours: 'flat' (exact), 'ivf' (IndexIVFFlat) or 'hnsw' (IndexHNSWFlat)."
+    "A faiss index returning candidate neighbours: over PCA coordinates 'flat' (exact), 'ivf' (IndexIVFFlat) or 'hnsw' (IndexHNSWFlat); 'full-hnsw': IndexHNSWFlat on the full unit vectors."
     def __init__(self, kind: str, Z: np.ndarray, seed: int = 0, hnsw_m: int = 32, ef_construction: int = 40):
         faiss = _faiss_threads()
         M, r = Z.shape
@@ -196,30 +196,30 @@ class _Candidates:
             self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(r), r, nlist, faiss.METRIC_L2)
             self.index.cp.seed = seed
             tr = np.random.default_rng(seed).choice(M, min(M, 64 * nlist), replace=False)
-            self.index.train(Z[np.sort(tr)])
+            self.index.train(_f32(Z[np.sort(tr)]))
             self.grid = [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) if p < nlist] + [nlist]
             self.nlist = nlist
-        elif kind == 'hnsw':
+        elif kind in ('hnsw', 'full-hnsw'):   # L2 on unit vectors ranks as cosine does
             self.index = faiss.IndexHNSWFlat(r, hnsw_m, faiss.METRIC_L2)
             self.index.hnsw.efConstruction = ef_construction
             self.grid = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
         else: raise ValueError(f"unknown candidate index {kind!r}")
-        self.index.add(Z)
+        for s in range(0, M, 65536): self.index.add(_f32(Z[s:s + 65536]))   # float16 / memory map: converted block by block
         self.build_s = time.perf_counter() - t
 
     def set(self, p: int):
         self.p = p
         if self.kind == 'ivf': self.index.nprobe = int(p)
-        elif self.kind == 'hnsw': self.index.hnsw.efSearch = int(p)
+        elif self.kind != 'flat': self.index.hnsw.efSearch = int(p)
 
     def search(self, Zq: np.ndarray, c: int) -> np.ndarray:
         "(len(Zq), c) candidate rows (-1: none), nearest first in PCA space."
-        if self.kind == 'hnsw' and self.index.hnsw.efSearch < c: self.index.hnsw.efSearch = c
-        return self.index.search(Zq, c)[1]
+        if self.kind != 'flat' and self.kind != 'ivf' and self.index.hnsw.efSearch < c: self.index.hnsw.efSearch = c
+        return self.index.search(_f32(Zq), c)[1]
 
     def params(self) -> dict:
-        return {'ivf': {'nlist': getattr(self, 'nlist', None), 'nprobe': self.p}, 'hnsw': {'hnsw_m': self.index.hnsw.nb_neighbors(1) if self.kind == 'hnsw' else None, 'efSearch': self.p},
-                'flat': {}}[self.kind]
+        if self.kind == 'ivf': return {'nlist': self.nlist, 'nprobe': self.p}
+        return {} if self.kind == 'flat' else {'hnsw_m': self.index.hnsw.nb_neighbors(1), 'efSearch': self.p}
 
 def _cand_sims(U: np.ndarray, rows: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "Exact inner products in full space of each row with its candidates C (-1 = none): (sims, C) with self and missing at -inf."
@@ -243,7 +243,7 @@ def _tune(U, Z, cand, qt, true, k: int, aim: float, c_grid) -> tuple[dict | None
     table, best = [], None
     for p in cand.grid:
         cand.set(p)
-        cs = [c for c in c_grid if cand.kind != 'hnsw' or c <= max(p, c_grid[0])]
+        cs = [c for c in c_grid if cand.kind in ('flat', 'ivf') or c <= max(p, c_grid[0])]
         t = time.perf_counter(); C = cand.search(Z[qt], cs[-1] + 1); ts = (time.perf_counter() - t) / len(qt)
         t = time.perf_counter(); S, C = _cand_sims(U, qt, C); trr = (time.perf_counter() - t) / C.size
         for c in cs:
@@ -265,13 +265,13 @@ def _predict(kind: str, build_s: float, search_s: float, rerank_s: float, m: int
     return build_s * g * h + M * (search_s * h + rerank_s)
 
 # %% ../nbs/03_knn.ipynb #b67c10a8
-METHODS = ('auto', 'exact', 'pca-flat', 'pca-ivf', 'pca-hnsw')
+METHODS = ('auto', 'exact', 'pca-flat', 'pca-ivf', 'pca-hnsw', 'hnsw')
 
 def knn_graph(X,                         # (N, d) embeddings, float32 or float16, array or memory map (normalised here if needed)
               k: int = 10,               # neighbours per sample, >= 1 and < number of distinct rows
               metric: str = 'cosine',    # only 'cosine' (inner product of unit vectors)
               exact: bool | None = None, # True: exact search; False: an approximate method; None: the cost model decides
-              method: str = 'auto',      # 'auto' (cost model) or one of 'exact', 'pca-flat', 'pca-ivf', 'pca-hnsw'
+              method: str = 'auto',      # 'auto' (cost model) or one of 'exact', 'pca-flat', 'pca-ivf', 'pca-hnsw', 'hnsw' (full space)
               exact_max_flops: float = 4e11,  # below 2 M^2 d flops (4e11: 20k x 1024) exact search is used without measuring
               target_recall: float = 0.95,   # approximate: cheapest parameters whose recall@k on tuning queries reaches this
               n_eval: int = 500,         # approximate: tuning queries, and as many held-out queries measuring recall
@@ -329,22 +329,27 @@ def _approx(U, k, method, target, n_eval, pca_dim, pca_var, pilot, seed, progres
     true_t, true_e = true[:len(qt)], true[len(qt):]
     exact_s = (time.perf_counter() - t) * M / len(q)          # measured: the exact self-join costs M / len(q) of this
     params.update(exact_est_s=round(exact_s, 2), truth_s=round(time.perf_counter() - t, 3)); t = time.perf_counter()
-    mean, P, ev = _fit_pca(U, pca_dim, pca_var, rng)
-    Z = _project(U, mean, P)
-    r = len(P)
-    params.update(pca_dim=r, pca_var=round(float(ev[:r].sum() / ev.sum()), 4), pca_s=round(time.perf_counter() - t, 3))
+    kinds = ([method[4:]] if method.startswith('pca-') else ['full-hnsw'] if method == 'hnsw'
+             else ['flat', 'ivf', 'hnsw', 'full-hnsw'])
+    Z = None
+    if kinds != ['full-hnsw']:                                  # the PCA coordinates of the candidate search
+        mean, P, ev = _fit_pca(U, pca_dim, pca_var, rng)
+        Z = _project(U, mean, P)
+        r = len(P)
+        params.update(pca_dim=r, pca_var=round(float(ev[:r].sum() / ev.sum()), 4), pca_s=round(time.perf_counter() - t, 3))
+    space = lambda kind: U if kind == 'full-hnsw' else Z        # full-hnsw searches the unit vectors themselves
     aim = min(1.0, target + 2 * math.sqrt(target * (1 - target) / (len(qt) * k)))  # 2 standard errors above the target
     c_grid = [c for c in (k, 2 * k, 3 * k, 5 * k, 8 * k, 12 * k, 20 * k) if c < M - 1] or [M - 2]
-    kinds = [method[4:]] if method.startswith('pca-') else ['flat', 'ivf', 'hnsw']
     if len(kinds) > 1:                                          # the cost model: every index on a pilot sample
         t = time.perf_counter()
         m = int(min(pilot, max(2000, M // 10)))                 # a tenth of the pool, 2,000 to `pilot` rows
         ps = np.sort(rng.choice(M, m, replace=False))
-        Up, Zp = _f32(U[ps]), Z[ps]
+        Up = _f32(U[ps])
         pq = rng.choice(m, size=min(n_eval // 2, m // 4), replace=False)
         ptrue = _exact_for(Up, pq, k)
         cost, reach = {}, {}
         for kind in kinds:
+            Zp = Up if kind == 'full-hnsw' else Z[ps]
             cand = _Candidates(kind, Zp, seed)
             b, table = _tune(Up, Zp, cand, pq, ptrue, k, aim, c_grid)
             if b is not None: cost[kind] = round(_predict(kind, cand.build_s, b['search_s'], b['rerank_s'], m, M), 2)
@@ -354,13 +359,16 @@ def _approx(U, k, method, target, n_eval, pca_dim, pca_var, pilot, seed, progres
             S, I = _exact_search(U, k, gpu=gpu, progress=progress)
             return S, I, None, 'exact-gpu' if gpu else 'exact'
         kinds = [min(cost, key=cost.get) if cost else max(reach, key=reach.get)]  # none reaches the aim: the closest
+    kind = kinds[0]
+    name = 'hnsw' if kind == 'full-hnsw' else 'pca-' + kind
+    if kind == 'full-hnsw': Z = None                           # the PCA coordinates are not needed any more
     t = time.perf_counter()
-    cand = _Candidates(kinds[0], Z, seed)
-    best, table = _tune(U, Z, cand, qt, true_t, k, aim, c_grid)
+    cand = _Candidates(kind, space(kind), seed)
+    best, table = _tune(U, space(kind), cand, qt, true_t, k, aim, c_grid)
     params.update(build_s=round(cand.build_s, 3), tune_s=round(time.perf_counter() - t - cand.build_s, 3))
     if best is None:
         best = max(table, key=lambda row: (row['recall'], -row['cost_s']))
-        logger.warning("k-NN: %s reaches recall@%d %.3f at most (target %.3f)%s", kinds[0], k, best['recall'], target,
+        logger.warning("k-NN: %s reaches recall@%d %.3f at most (target %.3f)%s", name, k, best['recall'], target,
                        '; using exact search' if allow_exact else '')
         if allow_exact:
             S, I = _exact_search(U, k, gpu=gpu, progress=progress)
@@ -372,10 +380,10 @@ def _approx(U, k, method, target, n_eval, pca_dim, pca_var, pilot, seed, progres
     params.update(candidates=best['c'], tuned_recall=best['recall'], **cand.params())
     t = time.perf_counter()
     S, I = np.empty((M, k), np.float32), np.empty((M, k), np.int64)
-    bar, block = _bar(M, f'k-NN (pca-{kinds[0]})', progress), 4096
+    bar, block = _bar(M, f'k-NN ({name})', progress), 4096
     for s in range(0, M, block):
         rows = np.arange(s, min(M, s + block))
-        S[rows], I[rows] = _rerank(U, rows, cand.search(Z[rows], best['c'] + 1), k)
+        S[rows], I[rows] = _rerank(U, rows, cand.search(space(kind)[rows], best['c'] + 1), k)
         if bar is not None: bar.update(len(rows))
     if bar is not None: bar.close()
     short = np.flatnonzero(~np.isfinite(S).all(1))             # fewer than k candidates found: exact for those rows
@@ -383,15 +391,16 @@ def _approx(U, k, method, target, n_eval, pca_dim, pca_var, pilot, seed, progres
         I[short] = _exact_for(U, short, k)
         S[short] = np.einsum('ij,ikj->ik', _f32(U[short]), _f32(U[I[short].ravel()]).reshape(len(short), k, d))
     params.update(approx_search_s=round(time.perf_counter() - t, 3), n_exact_fallback=int(len(short)))
-    return S, I, _recall(I[qe], true_e), 'pca-' + kinds[0]
+    return S, I, _recall(I[qe], true_e), name
 
 # %% ../nbs/03_knn.ipynb #7883cbb0
 def neighbour_stats(X: np.ndarray,         # (N, d) embeddings
                     k: int = 10,           # neighbours
                     n_query: int = 1000,   # query rows (sampled)
-                    seed: int = 0,         # seeds the query sample
-                   ) -> dict:              # spectrum and nearest-neighbour distance quantiles
-    "Geometry summary of an embedding matrix: PCA spectrum and the cosine distances to the 1st and k-th nearest neighbours."
+                    seed: int = 0,         # seeds the query sample and the IVF k-means
+                    ivf_probes=(1, 2, 4, 8, 16),  # IVF probes of the clusterability curve (() to skip it)
+                   ) -> dict:              # spectrum, nearest-neighbour distance quantiles, IVF recall curve
+    "Geometry summary of an embedding matrix: PCA spectrum, cosine distances to the 1st and k-th nearest neighbours, and how clusterable it is (IVF recall@k per probe count)."
     U = check_embeddings(X)
     g, first = dedupe_rows(U)
     U = U[first] if len(first) < len(U) else U
@@ -403,9 +412,25 @@ def neighbour_stats(X: np.ndarray,         # (N, d) embeddings
     _, _, ev = _fit_pca(U, 16, 0.5, rng)
     cum = np.cumsum(ev) / ev.sum()
     qs = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
-    return {'n': int(len(U)), 'dim': int(U.shape[1]), 'k': k, 'mean_norm': float(np.linalg.norm(_f32(U[q]).mean(0))),
+    ivf = _ivf_curve(U, q, I, k, ivf_probes, seed) if len(ivf_probes) else {}
+    return {**ivf, 'n': int(len(U)), 'dim': int(U.shape[1]), 'k': k, 'mean_norm': float(np.linalg.norm(_f32(U[q]).mean(0))),
             'spectrum': (ev / ev.sum()).round(7).tolist(), 'dims_for_90pct': int(np.searchsorted(cum, 0.9) + 1),
             'd1': np.quantile(D[:, 0], qs).round(4).tolist(), f'd{k}': np.quantile(D[:, -1], qs).round(4).tolist()}
+
+def _ivf_curve(U: np.ndarray, q: np.ndarray, true: np.ndarray, k: int, probes, seed: int) -> dict:
+    "Recall@k of queries q (exact neighbours `true`) in an IndexIVFFlat of 2 sqrt(M) lists on the full vectors, per number of lists probed."
+    faiss = _faiss_threads()
+    M, d = U.shape
+    nlist = max(2, int(round(2 * math.sqrt(M))))
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.seed, ivf.cp.min_points_per_centroid = seed, 1   # small samples: no faiss warning about few points per list
+    A = _f32(U)
+    ivf.train(A[np.sort(np.random.default_rng(seed).choice(M, min(M, 64 * nlist), replace=False))]); ivf.add(A)
+    rec = []
+    for p in probes:
+        ivf.nprobe = int(p)
+        rec.append(round(_recall(_drop_self(*ivf.search(A[q], k + 1), q, k)[1], true), 4))
+    return {'ivf_nlist': nlist, 'ivf_probes': [int(p) for p in probes], 'ivf': rec}
 
 def _stretch(spectrum, d: int) -> np.ndarray:
     "A (d,) spectrum with the shape of `spectrum` (variance fraction per fraction of dimensions), summing to 1."
@@ -422,7 +447,7 @@ def realistic_embeddings(n: int,                 # rows
                          return_clusters: bool = False,  # also return the (n,) cluster of each row
                          chunk: int = 65536,     # rows generated per step (memory: one chunk of float32 temporaries)
                         ):
-    "Unit-norm embeddings whose PCA spectrum and neighbour distances follow real ones: topics, clusters, per-cluster spreads and near copies on the fitted spectrum."
+    "Unit-norm embeddings whose PCA spectrum, neighbour distances and clusterability follow real ones: topic mixtures, clusters, per-cluster spreads and near copies on the fitted spectrum."
     geo = geometry or bundled_geometry()
     d = int(d or geo['dim'])
     p = geo['params']
@@ -433,7 +458,12 @@ def realistic_embeddings(n: int,                 # rows
     mu = rng.standard_normal(d).astype(np.float32); mu *= np.float32(p['mean'] / np.linalg.norm(mu))
     topics = rng.standard_normal((n_topics, d), dtype=np.float32) * (sd * np.float32(math.sqrt(p['a_topic'])))
     centres = rng.standard_normal((n_clusters, d), dtype=np.float32) * (sd * np.float32(math.sqrt(p['a_cluster'])))
-    cl_topic = rng.integers(0, n_topics, n_clusters)
+    n_mix = int(p.get('n_mix', 1))                                     # topics mixed per cluster
+    if n_mix == 1: cl_topic, wmix = rng.integers(0, n_topics, (n_clusters, 1)), np.ones((n_clusters, 1), np.float32)
+    else:
+        cl_topic = rng.integers(0, n_topics, (n_clusters, n_mix))
+        wmix = rng.dirichlet(np.ones(n_mix), n_clusters).astype(np.float32)
+        wmix /= np.sqrt((wmix ** 2).sum(1, keepdims=True))            # unit norm: the topic part keeps variance a_topic
     spread = np.exp(p['spread_sigma'] * rng.standard_normal(n_clusters)).astype(np.float32)
     spread /= np.sqrt(np.mean(spread ** 2))
     w = np.exp(p['size_sigma'] * rng.standard_normal(n_clusters)); w /= w.sum()
@@ -444,7 +474,8 @@ def realistic_embeddings(n: int,                 # rows
         c = cl[s:s + chunk]
         blk = rng.standard_normal((len(c), d), dtype=np.float32)
         blk *= sd * a_noise; blk *= spread[c, None]
-        blk += centres[c]; blk += topics[cl_topic[c]]; blk += mu
+        blk += centres[c]; blk += mu
+        for j in range(n_mix): blk += wmix[c, j, None] * topics[cl_topic[c, j]]
         near = np.flatnonzero(rng.random(len(c)) < p.get('near_dup', 0.0))   # near copies (templated / paraphrased samples)
         if len(near):
             parent = rng.integers(0, len(c), len(near))
@@ -461,8 +492,10 @@ def bundled_geometry() -> dict:
     from importlib.resources import files
     return json.loads((files('llm_curate') / 'assets' / _GEOMETRY_FILE).read_text(encoding='utf-8'))
 
-def _stats_loss(a: dict, b: dict, k: int) -> float:
-    return float(sum((np.subtract(a[f], b[f]) ** 2).sum() for f in ('d1', f'd{k}')))
+def _stats_loss(a: dict, b: dict, k: int, w_ivf: float = 0.5) -> float:
+    "Squared differences of the neighbour-distance quantiles, plus `w_ivf` times those of the IVF recall curves."
+    ivf = w_ivf * float((np.subtract(a['ivf'], b['ivf']) ** 2).sum()) if 'ivf' in a and 'ivf' in b else 0.0
+    return float(sum((np.subtract(a[f], b[f]) ** 2).sum() for f in ('d1', f'd{k}'))) + ivf
 
 def fit_geometry(X: np.ndarray,              # (N, d) real embeddings
                  n_fit: int = 10000,         # rows compared: a sample of X against as many generated rows
@@ -470,18 +503,18 @@ def fit_geometry(X: np.ndarray,              # (N, d) real embeddings
                  seed: int = 0,              # seed
                  rounds: int = 2,            # passes of coordinate search over the parameters
                 ) -> dict:                   # `neighbour_stats` of X plus 'params' of the closest generator and its 'fit' statistics
-    "Fit `realistic_embeddings` to real embeddings: spectrum and mean copied, cluster parameters by coordinate search on neighbour distances."
+    "Fit `realistic_embeddings` to real embeddings: spectrum and mean copied, topic and cluster parameters by coordinate search on neighbour distances and the IVF recall curve."
     X = check_embeddings(X)
     rng = np.random.default_rng(seed)
     sub = X[np.sort(rng.choice(len(X), min(n_fit, len(X)), replace=False))]
     real = neighbour_stats(sub, k=k, seed=seed)
     full = neighbour_stats(X, k=k, seed=seed) if len(X) > len(sub) else real
     m = real['mean_norm']
-    geo = {**full, 'fit_n': len(sub), 'fit_real': {f: real[f] for f in ('d1', f'd{k}')}}
-    grid = {'a_topic': [0.02, 0.05, 0.1, 0.2, 0.3, 0.45], 'a_cluster': [0.05, 0.1, 0.2, 0.3, 0.45, 0.6],
+    geo = {**full, 'fit_n': len(sub), 'fit_real': {f: real[f] for f in ('d1', f'd{k}', 'ivf_nlist', 'ivf_probes', 'ivf')}}
+    grid = {'n_topics': [256, 512, 1024, 2048, 4096], 'n_mix': [1, 2, 3, 4], 'a_topic': [0.02, 0.05, 0.1, 0.2, 0.3, 0.45], 'a_cluster': [0.05, 0.1, 0.2, 0.3, 0.45, 0.6],
             'per_cluster': [2, 4, 8, 16, 32, 64], 'spread_sigma': [0.0, 0.25, 0.5, 0.75], 'size_sigma': [0.0, 0.5, 1.0, 1.5],
             'near_dup': [0.0, 0.04, 0.08, 0.12, 0.16, 0.2, 0.3], 'dup_eps': [0.1, 0.2, 0.35, 0.5, 0.7]}
-    p = {'n_topics': 256, 'mean': m / math.sqrt(max(1e-6, 1 - m * m)), 'a_topic': 0.1, 'a_cluster': 0.2, 'per_cluster': 8,
+    p = {'n_topics': 256, 'n_mix': 1, 'mean': m / math.sqrt(max(1e-6, 1 - m * m)), 'a_topic': 0.1, 'a_cluster': 0.2, 'per_cluster': 8,
          'spread_sigma': 0.25, 'size_sigma': 0.5, 'near_dup': 0.1, 'dup_eps': 0.35}
     seen = {}
     def loss(q):
@@ -496,7 +529,7 @@ def fit_geometry(X: np.ndarray,              # (N, d) real embeddings
             p = min(({**p, name: v} for v in ok), key=loss)
     best = seen[tuple(sorted(p.items()))]
     geo['params'] = p
-    geo['fit'] = {'loss': round(best[0], 6), 'evaluations': len(seen), 'd1': best[1]['d1'], f'd{k}': best[1][f'd{k}']}
+    geo['fit'] = {'loss': round(best[0], 6), 'evaluations': len(seen), 'd1': best[1]['d1'], f'd{k}': best[1][f'd{k}'], 'ivf': best[1]['ivf']}
     return geo
 
 # %% ../nbs/03_knn.ipynb #b132d830

@@ -20,7 +20,7 @@ def pool():
     return Xd, knn_graph(Xd, k=10, exact=True)
 
 
-@pytest.mark.parametrize('method', ['pca-flat', 'pca-ivf', 'pca-hnsw'])
+@pytest.mark.parametrize('method', ['pca-flat', 'pca-ivf', 'pca-hnsw', 'hnsw'])
 def test_methods_keep_exact_semantics(pool, method):
     Xd, ge = pool
     g = knn_graph(Xd, k=10, method=method, n_eval=300)
@@ -33,14 +33,15 @@ def test_methods_keep_exact_semantics(pool, method):
     assert (np.diff(g.distances, axis=1) >= -1e-6).all()
     true = _recall(g.indices, ge.indices)
     assert true >= 0.94 and abs(g.recall - true) < 0.03              # the stored recall is what a full comparison gives
-    for key in ('pca_dim', 'candidates', 'tuned_recall', 'exact_est_s'): assert key in g.params
+    for key in ('candidates', 'tuned_recall', 'exact_est_s') + (('efSearch',) if method == 'hnsw' else ('pca_dim',)): assert key in g.params
 
 
 def test_cost_model_records_its_choice(pool):
     Xd, ge = pool
     g = knn_graph(Xd, k=10, exact=False, n_eval=300, pilot=4000)
-    assert set(g.params['cost_model_s']) == {'flat', 'ivf', 'hnsw'} and g.method.startswith('pca-')
-    assert g.params['cost_model_s'][g.method[4:]] == min(g.params['cost_model_s'].values())
+    assert set(g.params['cost_model_s']) == {'flat', 'ivf', 'hnsw', 'full-hnsw'} and g.method in ('pca-flat', 'pca-ivf', 'pca-hnsw', 'hnsw')
+    kind = 'full-hnsw' if g.method == 'hnsw' else g.method[4:]
+    assert g.params['cost_model_s'][kind] == min(g.params['cost_model_s'].values())
     g2 = knn_graph(Xd, k=10, exact=None, exact_max_flops=0, n_eval=300, pilot=4000)  # the cost model may pick exact
     assert g2.method == 'exact' or g2.recall >= 0.94
     assert knn_graph(Xd[:1500], k=5).method == 'exact'                 # small pools: exact, nothing measured

@@ -13,8 +13,9 @@ by a known ordinal transition matrix.
 
 Per case: our `knn_graph` (cost model, chosen method, its recall@10 on held-out queries), then `ScoreCurator.fit` on it
 (end-to-end time = k-NN + curation). Exact search (`knn_graph(exact=True)`, faiss IndexFlatIP kernel) is run in full up to
-`--exact-max` rows (its curation is compared: max |T_ours - T_exact| and the Jaccard overlap of the flags); above, its time
-is extrapolated from the exact neighbours of the 1,000 recall queries (marked ~). Peak RSS is the child's maximum resident
+`--exact-max` rows (its curation is compared: max |T_ours - T_exact| and the Jaccard overlap of the flags, next to the noise
+floor in brackets: the same exact graph curated with another `random_state`); above, its time is extrapolated from one block
+of the exact search (8,192 queries x 16,384 rows, scaled to N x N; marked ~). Peak RSS is the child's maximum resident
 set size after our curation (before any exact comparison), divided by the float32 size of the embedding matrix. The 1-minute
 load average (`uptime`) is recorded at the start and end of each case: the machine is shared.
 
@@ -152,6 +153,10 @@ def child(kind: str, n: int, d: int, k: int, real: str | None, exact_max: int, d
         out.update(exact_s=exact_s, exact_measured=True, true_recall=_recall(g.indices, ge.indices),
                    T_diff=float(np.abs(cur.transition_matrix_ - ce.transition_matrix_).max()),
                    flag_jaccard=float((a & b).sum() / max((a | b).sum(), 1)), n_flagged_exact=int(b.sum()))
+        cn = ScoreCurator(k=k, random_state=1).fit(X, rated, graph=ge)   # the noise floor: the same exact graph, another seed
+        c = cn.flagged_
+        out.update(T_diff_seed=float(np.abs(cn.transition_matrix_ - ce.transition_matrix_).max()),
+                   flag_jaccard_seed=float((c & b).sum() / max((c | b).sum(), 1)))
     else:
         out.update(exact_s=g.params['exact_est_s'], exact_measured=False)
     out['load'] = (round(load0, 1), round(os.getloadavg()[0], 1))
@@ -160,18 +165,19 @@ def child(kind: str, n: int, d: int, k: int, real: str | None, exact_max: int, d
 
 def fmt_table(rows) -> str:
     head = ('| data | N | d | kNN method (params) | recall@10 (held-out) | kNN s | exact s | exact/ours | end-to-end s (CPU s) | peak RSS GB | RSS/X | '
-            'max ΔT vs exact | flags Jaccard vs exact | load start→end |\n|:--|---:|---:|:--|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|')
+            'max ΔT vs exact (noise) | flags Jaccard vs exact (noise) | load start→end |\n|:--|---:|---:|:--|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|')
     lines = [head]
     for r in rows:
         if 'error' in r:
             lines.append(f"| {r['kind']} | {r['N']:,} | {r['d']} | failed: {r['error']} |" + ' |' * 10); continue
         p = r['params']
-        par = ', '.join(f'{kk}={p[kk]}' for kk in ('pca_dim', 'candidates', 'nprobe', 'efSearch') if p.get(kk) is not None)
+        shown = ('candidates', 'efSearch') if r['method'] == 'hnsw' else ('pca_dim', 'candidates', 'nprobe', 'efSearch')  # hnsw: full space, no PCA
+        par = ', '.join(f'{kk}={p[kk]}' for kk in shown if p.get(kk) is not None)
         m = r['method'] + (f' ({par})' if par else '')
         rec = '1 (exact)' if r['recall'] is None else f"{r['recall']:.3f}" + (f" (all rows {r['true_recall']:.3f})" if 'true_recall' in r and r['recall'] is not None else '')
         ex = ('' if r['exact_measured'] else '~') + f"{r['exact_s']:.1f}"
-        td = f"{r['T_diff']:.4f}" if 'T_diff' in r else 'n/a'
-        fj = f"{r['flag_jaccard']:.3f}" if 'flag_jaccard' in r else 'n/a'
+        td = (f"{r['T_diff']:.4f}" + (f" ({r['T_diff_seed']:.4f})" if 'T_diff_seed' in r else '')) if 'T_diff' in r else 'n/a'
+        fj = (f"{r['flag_jaccard']:.3f}" + (f" ({r['flag_jaccard_seed']:.3f})" if 'flag_jaccard_seed' in r else '')) if 'flag_jaccard' in r else 'n/a'
         label = {'easy': 'easy (old generator)', 'real': 'real text (MiniLM)', 'real_approx': 'real text, approximate forced',
                  'realistic': 'realistic generator'}[r['kind']]
         lines.append(f"| {label} | {r['N']:,} | {r['d']} | {m} | {rec} | {r['knn_s']:.1f} | {ex} | {r['exact_s'] / r['knn_s']:.2f} | "
@@ -215,11 +221,18 @@ def main(argv=None):
     ap.add_argument('--exact-max', type=int, default=120000, help='run exact search in full up to this many rows (above: extrapolated)')
     ap.add_argument('--timeout', type=float, default=3600, help='seconds per case')
     ap.add_argument('--json', help='also write the rows as JSON to this file')
+    ap.add_argument('--table', metavar='JSON', help='print the tables of a finished (or partial) --json run and exit')
+    ap.add_argument('--log', metavar='PREFIX', help="write each case's log (k-NN phases) to PREFIX.KIND_N.log")
     ap.add_argument('--embed-only', action='store_true', help='build --real and exit')
     ap.add_argument('--max-seq-length', type=int, default=64, help='tokens per text when embedding the real texts')
     ap.add_argument('--fit-geometry', metavar='OUT', help='fit the realistic generator to --real and write its JSON to OUT, then exit')
     ap.add_argument('--child', nargs=3, metavar=('KIND', 'N', 'D'), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.table:
+        with open(a.table) as f: rows = json.load(f)
+        print(fmt_table(rows) + '\n\nWhere the time went (wall seconds):\n' + phases(rows)); gr = growth(rows)
+        if gr: print(gr)
+        return 0
     if a.no_real: a.real = None
     if a.real and not a.child: ensure_real(a.real, a.max_seq_length, a.embed_cache)
     if a.embed_only: return 0
@@ -233,22 +246,28 @@ def main(argv=None):
         print({kk: geo[kk] for kk in ('n', 'dim', 'dims_for_90pct', 'd1', 'd10', 'fit_real', 'params', 'fit')})
         return 0
     if a.child:
+        import logging
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format='%(asctime)s %(name)s %(message)s')
         print(json.dumps(child(a.child[0], int(a.child[1]), int(a.child[2]), a.k, a.real, a.exact_max, a.dtype)))
         return 0
-    cases = ([('real', a.real_n, 0), ('real_approx', a.real_n, 0)] if a.real else []) + [('realistic', int(n), a.dim) for n in a.sizes.split(',') if n] + \
-            [('easy', int(n), a.dim) for n in a.easy.split(',') if n]
+    cases = ([('real', a.real_n, 0), ('real_approx', a.real_n, 0)] if a.real else []) + [('easy', int(n), a.dim) for n in a.easy.split(',') if n] + \
+            [('realistic', int(n), a.dim) for n in a.sizes.split(',') if n]   # the largest last
     rows = []
     for kind, n, d in cases:
         cmd = [sys.executable, __file__, '--child', kind, str(n), str(d), '--k', str(a.k), '--exact-max', str(a.exact_max), '--dtype', a.dtype]
         if a.real: cmd += ['--real', a.real]
         try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+            log = f'{a.log}.{kind}_{n}.log' if a.log else os.devnull   # the child's log (its phases), readable while it runs
+            with open(log, 'w') as lf: p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=lf, text=True, timeout=a.timeout)
             if p.returncode < 0: rows.append({'kind': kind, 'N': n, 'd': d, 'error': f'killed by signal {-p.returncode}'})
-            elif p.returncode: rows.append({'kind': kind, 'N': n, 'd': d, 'error': (p.stderr.strip().splitlines() or ['?'])[-1][:80]})
+            elif p.returncode: rows.append({'kind': kind, 'N': n, 'd': d, 'error': f'exit {p.returncode} (see {log})'})
             else: rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
         except subprocess.TimeoutExpired:
             rows.append({'kind': kind, 'N': n, 'd': d, 'error': f'timeout {a.timeout:.0f}s'})
         print(f"done {kind} N={n:,} d={d}: {rows[-1]}", file=sys.stderr, flush=True)
+        if a.json:                                  # the table so far, in case a later (larger) case does not finish
+            with open(a.json, 'w') as f: json.dump(rows, f, indent=1)
+            with open(a.json + '.md', 'w') as f: f.write(fmt_table(rows) + '\n\n' + phases(rows) + '\n')
     print(f"k={a.k}, K=6 levels (30% corrupted), {os.cpu_count()} CPU cores (shared: see the load column; CPU s = user+system seconds of the case), {a.dtype} storage; "
           f"~ = exact time extrapolated from 1,000 exact queries; times exclude generating or loading the embeddings.")
     print(fmt_table(rows))

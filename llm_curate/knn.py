@@ -322,13 +322,21 @@ def _approx(U, k, method, target, n_eval, pca_dim, pca_var, pilot, seed, progres
     "PCA-reduced candidate search with exact re-ranking, the candidate index chosen by the measured cost model."
     M, d = U.shape
     rng = np.random.default_rng(seed)
+    faiss = _faiss_threads()
     t = time.perf_counter()
     q = rng.choice(M, size=min(2 * n_eval, M // 2), replace=False)
     qt, qe = q[:len(q) // 2], q[len(q) // 2:]
-    true = _exact_for(U, q, k)
+    if U.dtype == np.float32 and U.flags.c_contiguous:         # the exact search's own kernel, so its time extrapolates
+        true = _drop_self(*faiss.knn(_f32(U[q]), U, k + 1, faiss.METRIC_INNER_PRODUCT), q, k)[1]
+    else: true = _exact_for(U, q, k)                           # float16 / memory map: block by block, no float32 copy
     true_t, true_e = true[:len(qt)], true[len(qt):]
-    exact_s = (time.perf_counter() - t) * M / len(q)          # measured: the exact self-join costs M / len(q) of this
-    params.update(exact_est_s=round(exact_s, 2), truth_s=round(time.perf_counter() - t, 3)); t = time.perf_counter()
+    params.update(truth_s=round(time.perf_counter() - t, 3)); t = time.perf_counter()
+    nb, mb = min(M, 8192), min(M, 16384)                       # the exact search's cost, measured on one of its own blocks
+    Qb, Db = _f32(U[rng.choice(M, nb, replace=False)]), _f32(U[np.sort(rng.choice(M, mb, replace=False))])
+    t = time.perf_counter(); faiss.knn(Qb, Db, k + 1, faiss.METRIC_INNER_PRODUCT)
+    exact_s = (time.perf_counter() - t) * (M / nb) * (M / mb)   # 8,192 queries x 16,384 rows, scaled to M x M
+    del Qb, Db
+    params.update(exact_est_s=round(exact_s, 2)); t = time.perf_counter()
     kinds = ([method[4:]] if method.startswith('pca-') else ['full-hnsw'] if method == 'hnsw'
              else ['flat', 'ivf', 'hnsw', 'full-hnsw'])
     Z = None
@@ -355,6 +363,7 @@ def _approx(U, k, method, target, n_eval, pca_dim, pca_var, pilot, seed, progres
             if b is not None: cost[kind] = round(_predict(kind, cand.build_s, b['search_s'], b['rerank_s'], m, M), 2)
             reach[kind] = max(row['recall'] for row in table)
         params.update(cost_model_s={kk: v for kk, v in cost.items()}, pilot_rows=m, pilot_s=round(time.perf_counter() - t, 3))
+        logger.info("k-NN cost model (%d pilot rows, %.0f s): predicted s %s, exact %.0f s", m, params['pilot_s'], cost, exact_s)
         if allow_exact and (not cost or min(cost.values()) >= exact_s):
             S, I = _exact_search(U, k, gpu=gpu, progress=progress)
             return S, I, None, 'exact-gpu' if gpu else 'exact'
@@ -366,6 +375,7 @@ def _approx(U, k, method, target, n_eval, pca_dim, pca_var, pilot, seed, progres
     cand = _Candidates(kind, space(kind), seed)
     best, table = _tune(U, space(kind), cand, qt, true_t, k, aim, c_grid)
     params.update(build_s=round(cand.build_s, 3), tune_s=round(time.perf_counter() - t - cand.build_s, 3))
+    logger.info("k-NN %s: index built in %.0f s, tuned in %.0f s", name, params['build_s'], params['tune_s'])
     if best is None:
         best = max(table, key=lambda row: (row['recall'], -row['cost_s']))
         logger.warning("k-NN: %s reaches recall@%d %.3f at most (target %.3f)%s", name, k, best['recall'], target,
@@ -502,6 +512,7 @@ def fit_geometry(X: np.ndarray,              # (N, d) real embeddings
                  k: int = 10,                # neighbours of the distance statistics
                  seed: int = 0,              # seed
                  rounds: int = 2,            # passes of coordinate search over the parameters
+                 init: dict | None = None,   # starting parameters (e.g. a previous fit's 'params'; None: a generic start)
                 ) -> dict:                   # `neighbour_stats` of X plus 'params' of the closest generator and its 'fit' statistics
     "Fit `realistic_embeddings` to real embeddings: spectrum and mean copied, topic and cluster parameters by coordinate search on neighbour distances and the IVF recall curve."
     X = check_embeddings(X)
@@ -515,7 +526,7 @@ def fit_geometry(X: np.ndarray,              # (N, d) real embeddings
             'per_cluster': [2, 4, 8, 16, 32, 64], 'spread_sigma': [0.0, 0.25, 0.5, 0.75], 'size_sigma': [0.0, 0.5, 1.0, 1.5],
             'near_dup': [0.0, 0.04, 0.08, 0.12, 0.16, 0.2, 0.3], 'dup_eps': [0.1, 0.2, 0.35, 0.5, 0.7]}
     p = {'n_topics': 256, 'n_mix': 1, 'mean': m / math.sqrt(max(1e-6, 1 - m * m)), 'a_topic': 0.1, 'a_cluster': 0.2, 'per_cluster': 8,
-         'spread_sigma': 0.25, 'size_sigma': 0.5, 'near_dup': 0.1, 'dup_eps': 0.35}
+         'spread_sigma': 0.25, 'size_sigma': 0.5, 'near_dup': 0.1, 'dup_eps': 0.35, **{kk: v for kk, v in (init or {}).items() if kk != 'mean'}}
     seen = {}
     def loss(q):
         key = tuple(sorted(q.items()))

@@ -233,6 +233,8 @@ def main(argv=None):
     ap.add_argument('--embed-only', action='store_true', help='build --real and exit')
     ap.add_argument('--max-seq-length', type=int, default=64, help='tokens per text when embedding the real texts')
     ap.add_argument('--fit-geometry', metavar='OUT', help='fit the realistic generator to --real and write its JSON to OUT, then exit')
+    ap.add_argument('--fit-rounds', type=int, default=2, help='--fit-geometry: passes of coordinate search')
+    ap.add_argument('--fit-init', help='--fit-geometry: starting parameters (JSON object)')
     ap.add_argument('--child', nargs=3, metavar=('KIND', 'N', 'D'), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.table:
@@ -246,7 +248,7 @@ def main(argv=None):
     if a.fit_geometry:
         from llm_curate.knn import fit_geometry
         X = np.load(a.real)
-        geo = fit_geometry(X[:a.real_n] if a.real_n else X)
+        geo = fit_geometry(X[:a.real_n] if a.real_n else X, rounds=a.fit_rounds, init=json.loads(a.fit_init) if a.fit_init else None)
         geo['source'] = ('MiniLM (all-MiniLM-L6-v2, first %d tokens) embeddings of the shared real texts: ' % a.max_seq_length
                          + ', '.join(s for s, _ in SOURCES))
         with open(a.fit_geometry, 'w') as f: json.dump(geo, f, indent=None, separators=(',', ':'))

@@ -278,7 +278,7 @@ def main(argv=None):
             with open(a.json, 'w') as f: json.dump(rows, f, indent=1)
             with open(a.json + '.md', 'w') as f: f.write(fmt_table(rows) + '\n\n' + phases(rows) + '\n')
     print(f"k={a.k}, K=6 levels (30% corrupted), {os.cpu_count()} CPU cores (shared: see the load column; CPU s = user+system seconds of the case), {a.dtype} storage; "
-          f"~ = exact time extrapolated from 1,000 exact queries; times exclude generating or loading the embeddings.")
+          f"~ = exact time extrapolated from one block of the exact search (8,192 x 16,384); times exclude generating or loading the embeddings.")
     print(fmt_table(rows))
     print('\nWhere the time went (wall seconds):\n' + phases(rows))
     gr = growth(rows)

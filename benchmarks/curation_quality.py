@@ -86,7 +86,7 @@ def real_set(name: str, data: Path, cache: Path) -> tuple[np.ndarray, np.ndarray
     if not f.exists():
         from llm_curate.embed import embed_texts
         t = time.perf_counter()
-        X = embed_texts(texts, cache_dir=False, batch_size=32, progress=True)
+        X = embed_texts(texts, cache_dir=False, batch_size=32, progress=True, backend='torch')   # float32: the cached matrices stay comparable
         cache.mkdir(parents=True, exist_ok=True)
         np.save(f, X.astype(np.float32))
         logging.info('%s: embedded %d texts in %.0f s', name, len(texts), time.perf_counter() - t)

@@ -356,10 +356,11 @@ def fit_temperature(L: np.ndarray,   # (N, K) from `neighbour_loglik`
                     T: np.ndarray,   # (K, K) transition matrix
                     p: np.ndarray,   # (K,) prior of true levels
                     P: np.ndarray | None = None,  # (N, K) distributions instead of hard levels
-                    grid: np.ndarray = np.linspace(0.05, 1, 20),  # candidate temperatures
+                    grid: np.ndarray | None = None,  # candidate temperatures (default: 0.05, 0.10, ..., 1)
                     max_rows: int = 50_000,  # fit on at most this many samples (a seeded random subset): one scalar to fit
                    ) -> float:       # lambda in (0, 1]
     "The weight lambda of the neighbour evidence that best predicts each sample's own rating from its neighbours alone."
+    grid = np.linspace(0.05, 1, 20) if grid is None else np.asarray(grid, float)
     if len(y) > max_rows:
         r = np.sort(np.random.default_rng(0).choice(len(y), max_rows, replace=False))
         L, y, P = L[r], y[r], None if P is None else P[r]

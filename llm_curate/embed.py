@@ -12,8 +12,8 @@ from .data import need, atomic_write, atomic_dir, default_cache_dir, render_conv
 
 # %% auto #0
 __all__ = ['logger', 'DEFAULT_MODEL', 'BACKENDS', 'resolve_embed_model', 'EmbeddingCache', 'load_embedder', 'encode',
-           'native_bf16', 'resolve_backend', 'embed_texts', 'onnx_int8_model', 'OnnxEmbedder', 'save_embeddings',
-           'load_embeddings', 'embed_texts_ray', 'embed_samples', 'add_cli']
+           'native_bf16', 'backend_name', 'resolve_backend', 'embed_texts', 'onnx_int8_model', 'OnnxEmbedder',
+           'save_embeddings', 'load_embeddings', 'embed_texts_ray', 'embed_samples', 'add_cli']
 
 # %% ../nbs/02_embed.ipynb #eda72ca2
 logger = logging.getLogger(__name__)
@@ -119,7 +119,8 @@ def encode(m,              # from `load_embedder`
            **kw,           # more `encode` arguments (batch_size, ...)
           ) -> np.ndarray: # (len(texts), d) float32 unit rows
     "Embed texts with a loaded model: 'torch-bf16' runs it under CPU bfloat16 autocast, the others as they are."
-    ctx = need('torch', 'embed').autocast('cpu', dtype=need('torch', 'embed').bfloat16) if backend == 'torch-bf16' else contextlib.nullcontext()
+    if backend == 'torch-bf16': torch = need('torch', 'embed'); ctx = torch.autocast('cpu', dtype=torch.bfloat16)
+    else: ctx = contextlib.nullcontext()
     with ctx: E = m.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False, **kw)
     return np.asarray(E, np.float32)
 
@@ -129,6 +130,12 @@ def native_bf16() -> bool:
         cpu = need('torch', 'embed').cpu
         return bool(getattr(cpu, '_is_amx_tile_supported', lambda: False)() or getattr(cpu, '_is_avx512_bf16_supported', lambda: False)())
     except Exception: return False
+
+def backend_name(name: str,     # the model's name
+                 backend: str,  # a resolved backend
+                ) -> str:       # the name its rows are cached and saved under: float32 PyTorch's plain, others '@backend'
+    "Name of a model's rows from one backend (cache folder and `meta.json`), so rows of two backends never mix."
+    return name if backend == 'torch' else f'{name}@{backend}'
 
 def resolve_backend(backend: str | None,     # 'torch', 'torch-bf16', 'onnx-int8', or None = the default for `device`
                     device: str | list | None = None,  # where it runs: None / 'cpu' = this CPU, 'cuda…' or a device list
@@ -165,9 +172,9 @@ def embed_texts(texts: Sequence[str],       # N texts (e.g. render_conversation(
     ids = [_text_id(t) for t in texts]   # the cache key: the text itself, so an edited sample or another pool's same id never reuses a row
     path, name = resolve_embed_model(model)
     backend = resolve_backend(backend, device)
-    if backend != 'torch':
-        if isinstance(device, (list, tuple)): raise ValueError(f"backend={backend!r} runs on one CPU process; pass backend='torch' for a device list.")
-        name = f'{name}@{backend}'   # its rows are cached apart from the float32 PyTorch model's
+    if backend != 'torch' and isinstance(device, (list, tuple)):
+        raise ValueError(f"backend={backend!r} runs on one CPU process; pass backend='torch' for a device list.")
+    name = backend_name(name, backend)   # rows of other backends are cached apart from the float32 PyTorch model's
     cache = None if cache_dir is False else EmbeddingCache(Path(cache_dir) if cache_dir else default_cache_dir() / 'embeddings', name, max_seq_length)
     uniq = list(dict.fromkeys(ids))
     first_text = dict(zip(ids, texts))
@@ -401,7 +408,7 @@ def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
     p.add_argument('--batch-size', type=int, default=64, help='texts per forward pass')
     p.add_argument('--device', help="'cpu', 'cuda', or a comma-separated list of devices (multi-process pool)")
     p.add_argument('--max-seq-length', type=int, help='truncate texts to this many tokens')
-    p.add_argument('--backend', choices=BACKENDS, help='torch (float32), torch-bf16 (the default on CPUs with native bfloat16: ~1.6x faster, cosine 0.9999 to float32) or onnx-int8 (CPU, int8 ONNX export: faster, but a text\'s vector depends on its batch)')
+    p.add_argument('--backend', choices=BACKENDS, help='torch (float32), torch-bf16 (the default on CPUs with native bfloat16: ~2x faster, cosine 0.9999 to float32) or onnx-int8 (CPU, int8 ONNX export: faster, but a text\'s vector depends on its batch)')
     p.add_argument('--cache-dir', help='embedding cache root (default $LLM_CURATE_CACHE/embeddings)')
     p.add_argument('--no-cache', action='store_true', help='do not read or write the cache')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')

@@ -321,7 +321,7 @@ def _stage_rate(cfg, ctx: RunContext) -> str:
     return summary, (f"{failed:,} failed, will retry" if failed and not c['scores'] else None)
 
 def _stage_embed(cfg, ctx: RunContext) -> str:
-    from llm_curate.embed import embed_samples, load_embeddings, save_embeddings, resolve_embed_model, resolve_backend
+    from llm_curate.embed import embed_samples, load_embeddings, save_embeddings, resolve_embed_model, resolve_backend, backend_name
     c, out = cfg['embed'], ctx.run_dir / 'embeddings'
     if c['embeddings']:
         X, ids, meta = load_embeddings(c['embeddings'])
@@ -334,9 +334,8 @@ def _stage_embed(cfg, ctx: RunContext) -> str:
     _, name = resolve_embed_model(c['model'])
     backend = resolve_backend(c['backend'], c['device'])
     X, ids = embed_samples(ctx.samples(), model=c['model'], batch_size=c['batch_size'], device=c['device'], progress=ctx.progress, backend=backend)
-    if backend != 'torch': name = f'{name}@{backend}'
-    save_embeddings(out, X, ids, name)
-    return f"{X.shape[0]:,} × {X.shape[1]} embeddings ({Path(name).name})"
+    save_embeddings(out, X, ids, backend_name(name, backend))
+    return f"{X.shape[0]:,} × {X.shape[1]} embeddings ({Path(backend_name(name, backend)).name})"
 
 def _stage_curate(cfg, ctx: RunContext) -> str:
     import pandas as pd

@@ -411,9 +411,14 @@ class TransformersRater(Rater):
         order = sorted(requests, key=size, reverse=True)
         shares = [(w, order[i::len(self._pool)]) for i, w in enumerate(self._pool)]
         shares = [(w, sh) for w, sh in shares if sh]
-        for w, sh in shares: w.send(sh)          # all workers compute at once
-        for w, sh in shares:
-            try: yield from w.receive()
+        sent = []
+        for w, sh in shares:                     # all workers compute at once
+            try: w.send(sh); sent.append((w, sh, None))
+            except OSError as e: sent.append((w, sh, e))   # a worker that already died: its pipe is closed
+        for w, sh, err in sent:
+            try:
+                if err is not None: raise RuntimeError(f'the worker process is gone ({err})')
+                yield from w.receive()
             except Exception as e:   # a dead worker fails its share (retried on the next run), not the run
                 logger.error('a rating worker process failed on %d requests: %s', len(sh), e)
                 yield from ({'key': r['key'], 'text': None, 'score_probs': None, 'prompt_tokens': 0, 'completion_tokens': 0,
@@ -480,8 +485,7 @@ def _worker_main():
     for line in sys.stdin:
         if rater is None: out = {'error': f'the worker could not load the model: {err}'}
         else:
-            try:
-                with _torch_threads(rater.num_threads): out = rater._complete_batch(json.loads(line))
+            try: out = rater._complete_batch(json.loads(line))   # the process's thread count is set above
             except Exception as e: out = {'error': f'{type(e).__name__}: {e}'}
         sys.stdout.write(json.dumps(out) + '\n'); sys.stdout.flush()
 

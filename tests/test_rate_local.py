@@ -282,3 +282,22 @@ def test_vllm_failed_forced_one_pass_is_said_not_counted_as_one():
     r._after_one([(0, req, [{'1': -0.5}], ['The']), (1, {**req, 'key': 'b'}, [{'9': -0.2}], ['The'])], out)
     assert out[0]['score_probs'] is None and 'P(10) unknown' in out[0]['error'] and 'out of memory' in out[0]['error']
     assert out[1]['score_probs'] == nine_first and 'counted as a 1' in out[1]['error']
+
+
+def test_rater_worker_dead_before_send_fails_its_share_only():
+    "A worker process that died between chunks: its share fails with the reason, the other worker's share is rated."
+    from llm_curate.rate_local import _Worker
+    r = TransformersRater('smollm2', dtype='float32', workers=2, num_threads=1, mode='logprob', max_sample_tokens=64,
+                          logprob_prefill='Overall rating: ')
+    r.tokenizer()
+    r._pool = [_Worker(r._worker_kw()) for _ in range(2)]
+    try:
+        r._pool[0].p.kill(); r._pool[0].p.wait()
+        reqs = [r._job(s['id'], s['messages'])['request'] for s in pool(4)]
+        out = {x['key']: x for x in r._complete_in_workers(reqs)}
+    finally:
+        for w in r._pool: w.close()
+    assert set(out) == {q['key'] for q in reqs}
+    failed = [x for x in out.values() if x['error']]
+    assert len(failed) == 2 and all('worker process failed' in x['error'] for x in failed)
+    assert all(x['score_probs'] is not None for x in out.values() if not x['error'])

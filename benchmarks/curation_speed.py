@@ -5,7 +5,10 @@ Data, each case in a fresh child process (so its peak RSS is its own):
 - `real`: MiniLM embeddings of the shared real texts (T0, Alpaca, Dolly, Code Alpaca, LIMA in ../shared/data; texts whose first
   `--max-seq-length` tokens agree are kept once), embedded with the bundled all-MiniLM-L6-v2 (PyTorch backend) the first time
   into `--real` (default under ~/.cache/llm_curate/benchmarks, resumable: rows already embedded are cached) and read from it;
-  run twice: as `knn_graph` decides, and with the approximate search forced (`exact=False`);
+  run three times: as `knn_graph` decides, with an approximate search forced (`exact=False`), and with the full-space HNSW
+  forced (`method='hnsw'`, the best index before the cell join, for comparison);
+- `realistic_real_size`: the generator at the real rows' own size and dimension (384), so the two can be compared on the
+  very plan the cost model makes (cells, spill, recall);
 - `realistic`: `llm_curate.knn.realistic_embeddings`, the generator fitted to those real embeddings (spectrum stretched to d);
 - `easy`: the old generator (tight clusters, 20 rows each): an EASY case, kept to show how much the data matter.
 Ratings: 6 levels from the embedding (quantiles of a random projection, so neighbours share levels), 30% of them corrupted
@@ -16,7 +19,7 @@ Per case: our `knn_graph` (cost model, chosen method, its recall@10 on held-out 
 `--exact-max` rows (its curation is compared: max |T_ours - T_exact| and the Jaccard overlap of the flags, next to the noise
 and the quality of both against the truth the ratings were corrupted from: mean |T - T_true| and the F1 of the flags
 against the ratings known to be wrong); above, its time is extrapolated from one block
-of the exact search (8,192 queries x 16,384 rows, scaled to N x N; marked ~). Peak RSS is the child's maximum resident
+of the exact search (its time on the 1,000 recall queries, scaled to N; marked ~). Peak RSS is the child's maximum resident
 set size after our curation (before any exact comparison), divided by the float32 size of the embedding matrix. The 1-minute
 load average (`uptime`) is recorded at the start and end of each case: the machine is shared.
 
@@ -129,10 +132,10 @@ def child(kind: str, n: int, d: int, k: int, real: str | None, exact_max: int, d
     from llm_curate.knn import knn_graph, realistic_embeddings, _recall
     load0 = os.getloadavg()[0]
     t = time.perf_counter()
-    if kind in ('real', 'real_approx'):
+    if kind in ('real', 'real_approx', 'real_hnsw'):
         X = np.load(real, mmap_mode='r')
         X = np.ascontiguousarray(X[:n] if n else X, np.float32)
-    elif kind == 'realistic': X = realistic_embeddings(n, d=d, seed=0)
+    elif kind in ('realistic', 'realistic_real_size'): X = realistic_embeddings(n, d=d or None, seed=0)
     else: X = easy(n, d)
     if dtype == 'float16': X = X.astype(np.float16)
     n, d = X.shape
@@ -141,13 +144,14 @@ def child(kind: str, n: int, d: int, k: int, real: str | None, exact_max: int, d
     x_bytes = n * d * 4                                     # the float32 matrix, whatever the storage
     cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # user + system CPU seconds: what the load cannot inflate
     t0, c0 = time.perf_counter(), cpu()
-    g = knn_graph(X, k=k, exact=False if kind == 'real_approx' else None)
+    g = knn_graph(X, k=k, exact=False if kind == 'real_approx' else None, method='hnsw' if kind == 'real_hnsw' else 'auto')
     knn_s, knn_cpu = time.perf_counter() - t0, cpu() - c0
     cur = ScoreCurator(k=k).fit(X, rated, graph=g)
     total_s, total_cpu = time.perf_counter() - t0, cpu() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     out = {'kind': kind, 'N': n, 'd': d, 'dtype': dtype, 'n_unique': g.n_unique, 'method': g.method, 'recall': g.recall,
-           'params': {kk: v for kk, v in g.params.items() if kk in ('pca_dim', 'candidates', 'nlist', 'nprobe', 'efSearch', 'cost_model_s')
+           'params': {kk: v for kk, v in g.params.items() if kk in ('pca_dim', 'candidates', 'nlist', 'nprobe', 'efSearch', 'cost_model_s',
+                                                                     'cells', 'spill', 'rows_per_cell', 'pairs_frac', 'join_plan')
                       or kk.endswith('_s')},
            'knn_s': knn_s, 'total_s': total_s, 'knn_cpu_s': knn_cpu, 'total_cpu_s': total_cpu, 'peak_rss_gb': rss / 2**30, 'rss_over_X': rss / x_bytes, 'gen_s': gen_s,
            'T_mae_truth': float(np.abs(cur.transition_matrix_ - empirical_T(y, rated)).mean()), 'n_flagged': int(cur.flagged_.sum())}
@@ -176,7 +180,7 @@ def fmt_table(rows) -> str:
         if 'error' in r:
             lines.append(f"| {r['kind']} | {r['N']:,} | {r['d']} | failed: {r['error']} |" + ' |' * 10); continue
         p = r['params']
-        shown = ('candidates', 'efSearch') if r['method'] == 'hnsw' else ('pca_dim', 'candidates', 'nprobe', 'efSearch')  # hnsw: full space, no PCA
+        shown = {'hnsw': ('candidates', 'efSearch'), 'cell-join': ('cells', 'spill')}.get(r['method'], ('pca_dim', 'candidates', 'nprobe', 'efSearch'))
         par = ', '.join(f'{kk}={p[kk]}' for kk in shown if p.get(kk) is not None)
         m = r['method'] + (f' ({par})' if par else '')
         rec = '1 (exact)' if r['recall'] is None else f"{r['recall']:.3f}" + (f" (all rows {r['true_recall']:.3f})" if 'true_recall' in r and r['recall'] is not None else '')
@@ -186,7 +190,8 @@ def fmt_table(rows) -> str:
         q = (f"{r['T_mae_truth']:.3f} / {r['flag_f1']:.3f}" if 'flag_f1' in r else f"{r['T_mae_truth']:.3f}") + \
             (f" (exact {r['T_mae_truth_exact']:.3f} / {r['flag_f1_exact']:.3f})" if 'flag_f1_exact' in r else '')
         label = {'easy': 'easy (old generator)', 'real': 'real text (MiniLM)', 'real_approx': 'real text, approximate forced',
-                 'realistic': 'realistic generator'}[r['kind']]
+                 'real_hnsw': 'real text, hnsw forced', 'realistic': 'realistic generator',
+                 'realistic_real_size': 'realistic generator, real size'}[r['kind']]
         lines.append(f"| {label} | {r['N']:,} | {r['d']} | {m} | {rec} | {r['knn_s']:.1f} | {ex} | {r['exact_s'] / r['knn_s']:.2f} | "
                      f"{r['total_s']:.1f}" + (f" ({r['total_cpu_s']:.0f})" if 'total_cpu_s' in r else '') + f" | {r['peak_rss_gb']:.2f} | {r['rss_over_X']:.2f} | {td} | {fj} | {q} | {r['load'][0]}→{r['load'][1]} |")
     return '\n'.join(lines)
@@ -194,7 +199,7 @@ def fmt_table(rows) -> str:
 
 def phases(rows) -> str:
     "Where each case's time went: the k-NN phases (from KNNGraph.params) and the curation."
-    keys = ('dedupe_s', 'truth_s', 'pca_s', 'pilot_s', 'build_s', 'tune_s', 'approx_search_s')
+    keys = ('dedupe_s', 'truth_s', 'join_plan_s', 'pca_s', 'pilot_s', 'build_s', 'tune_s', 'approx_search_s')
     out = ['| data | N | ' + ' | '.join(k[:-2] for k in keys) + ' | exact search | curation |', '|:--|---:|' + '---:|' * (len(keys) + 2)]
     for r in rows:
         if 'error' in r: continue
@@ -202,6 +207,16 @@ def phases(rows) -> str:
         ex = f"{r['knn_s']:.1f}" if r['method'].startswith('exact') else ''
         out.append(f"| {r['kind']} | {r['N']:,} | " + ' | '.join(f'{p[k]:.1f}' if k in p else '' for k in keys) + f" | {ex} | {r['total_s'] - r['knn_s']:.1f} |")
     return '\n'.join(out)
+
+
+def plans(rows) -> str:
+    "The cell-join plans the cost model tried on each case: rows per cell, cells, the spill reaching the target, its recall and cost."
+    out = ['| data | N | d | rows/cell | cells | spill | recall (tuning rows) | pairs / N^2 | k-means s | predicted s |', '|:--|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+    for r in rows:
+        for pl in r.get('params', {}).get('join_plan', []):
+            out.append(f"| {r['kind']} | {r['N']:,} | {r['d']} | {pl['rows_per_cell']} | {pl['cells']:,} | {pl['spill']} | {pl['recall']:.3f} | "
+                       f"{pl['pairs_frac']:.4f} | {pl['train_s']:.1f} | {pl['cost_s']:.1f} |")
+    return '\n'.join(out) if len(out) > 2 else ''
 
 
 def growth(rows) -> str:
@@ -239,7 +254,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.table:
         with open(a.table) as f: rows = json.load(f)
-        print(fmt_table(rows) + '\n\nWhere the time went (wall seconds):\n' + phases(rows)); gr = growth(rows)
+        print(fmt_table(rows) + '\n\nWhere the time went (wall seconds):\n' + phases(rows) + '\n\nCell-join plans:\n' + plans(rows)); gr = growth(rows)
         if gr: print(gr)
         return 0
     if a.no_real: a.real = None
@@ -259,7 +274,9 @@ def main(argv=None):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format='%(asctime)s %(name)s %(message)s')
         print(json.dumps(child(a.child[0], int(a.child[1]), int(a.child[2]), a.k, a.real, a.exact_max, a.dtype)))
         return 0
-    cases = ([('real', a.real_n, 0), ('real_approx', a.real_n, 0)] if a.real else []) + [('easy', int(n), a.dim) for n in a.easy.split(',') if n] + \
+    n_real = (a.real_n or len(np.load(a.real, mmap_mode='r'))) if a.real else 0
+    cases = ([('real', a.real_n, 0), ('real_approx', a.real_n, 0), ('real_hnsw', a.real_n, 0), ('realistic_real_size', n_real, 0)] if a.real else []) + \
+            [('easy', int(n), a.dim) for n in a.easy.split(',') if n] + \
             [('realistic', int(n), a.dim) for n in a.sizes.split(',') if n]   # the largest last
     rows = []
     for kind, n, d in cases:
@@ -278,9 +295,10 @@ def main(argv=None):
             with open(a.json, 'w') as f: json.dump(rows, f, indent=1)
             with open(a.json + '.md', 'w') as f: f.write(fmt_table(rows) + '\n\n' + phases(rows) + '\n')
     print(f"k={a.k}, K=6 levels (30% corrupted), {os.cpu_count()} CPU cores (shared: see the load column; CPU s = user+system seconds of the case), {a.dtype} storage; "
-          f"~ = exact time extrapolated from one block of the exact search (8,192 x 16,384); times exclude generating or loading the embeddings.")
+          f"~ = exact time extrapolated from the exact search of the 1,000 recall queries; times exclude generating or loading the embeddings.")
     print(fmt_table(rows))
     print('\nWhere the time went (wall seconds):\n' + phases(rows))
+    print('\nCell-join plans (the cost model tries cell sizes from 256 rows towards the cheaper side):\n' + plans(rows))
     gr = growth(rows)
     if gr: print(gr)
     if a.json:

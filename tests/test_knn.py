@@ -20,30 +20,49 @@ def pool():
     return Xd, knn_graph(Xd, k=10, exact=True)
 
 
-@pytest.mark.parametrize('method', ['pca-flat', 'pca-ivf', 'pca-hnsw', 'hnsw'])
+@pytest.mark.parametrize('method', ['cell-join', 'pca-flat', 'pca-ivf', 'pca-hnsw', 'hnsw'])
 def test_methods_keep_exact_semantics(pool, method):
     Xd, ge = pool
     g = knn_graph(Xd, k=10, method=method, n_eval=300)
     grp, _ = dedupe_rows(check_embeddings(Xd))
     assert g.method == method and g.n_unique == 12000
     assert not (grp[g.indices] == grp[:, None]).any()                 # never itself nor an exact duplicate
+    srt = np.sort(g.indices, 1)
+    assert (srt[:, 1:] != srt[:, :-1]).all()                          # no neighbour twice (the cell join finds a pair in several cells)
     np.testing.assert_array_equal(g.indices[0], g.indices[12000])     # duplicates share their neighbours
     U = check_embeddings(Xd)
     np.testing.assert_allclose(g.distances, 1 - np.einsum('nd,nkd->nk', U, U[g.indices]), atol=1e-5)  # re-ranked exactly
     assert (np.diff(g.distances, axis=1) >= -1e-6).all()
     true = _recall(g.indices, ge.indices)
     assert true >= 0.94 and abs(g.recall - true) < 0.03              # the stored recall is what a full comparison gives
-    for key in ('candidates', 'tuned_recall', 'exact_est_s') + (('efSearch',) if method == 'hnsw' else ('pca_dim',)): assert key in g.params
+    keys = {'cell-join': ('cells', 'spill'), 'hnsw': ('candidates', 'efSearch')}.get(method, ('candidates', 'pca_dim'))
+    for key in ('tuned_recall', 'exact_est_s') + keys: assert key in g.params
+
+
+def test_cell_join_plan_is_the_cheapest_reaching_the_target(pool):
+    "The cost model plans the cell join first: the chosen (cells, spill) is the cheapest tried plan whose recall reaches the aim."
+    Xd, ge = pool
+    g = knn_graph(Xd, k=10, exact=False, n_eval=300)
+    plan = g.params['join_plan']
+    assert g.method == 'cell-join' and len(plan) >= 2 and 'cost_model_s' not in g.params   # the join sufficed: no index was built
+    ok = [r for r in plan if r['ok']]
+    best = min(ok, key=lambda r: r['cost_s'])
+    assert (g.params['cells'], g.params['spill']) == (best['cells'], best['spill'])
+    assert all(r['spill'] == 1 or not r['ok'] or r['recall'] >= 0.95 for r in plan)
+    assert abs(g.params['tuned_recall'] - _recall(g.indices, ge.indices)) < 0.03   # the plan's recall is what the whole graph gets
+    g1 = knn_graph(Xd, k=10, method='cell-join', target_recall=0.5, n_eval=300)      # a low target: fewer cells shared
+    assert g1.params['spill'] <= g.params['spill'] and _recall(g1.indices, ge.indices) >= 0.5
 
 
 def test_cost_model_records_its_choice(pool):
     Xd, ge = pool
-    g = knn_graph(Xd, k=10, exact=False, n_eval=300, pilot=4000)
+    g = knn_graph(Xd, k=10, exact=False, n_eval=300, pilot=4000, join=False)
     assert set(g.params['cost_model_s']) == {'flat', 'ivf', 'hnsw', 'full-hnsw'} and g.method in ('pca-flat', 'pca-ivf', 'pca-hnsw', 'hnsw')
     kind = 'full-hnsw' if g.method == 'hnsw' else g.method[4:]
     assert g.params['cost_model_s'][kind] == min(g.params['cost_model_s'].values())
     g2 = knn_graph(Xd, k=10, exact=None, exact_max_flops=0, n_eval=300, pilot=4000)  # the cost model may pick exact
-    assert g2.method == 'exact' or g2.recall >= 0.94
+    assert g2.method in ('exact', 'cell-join') and (g2.method == 'exact' or g2.recall >= 0.94)
+    if g2.method == 'exact': assert min(r['cost_s'] for r in g2.params['join_plan'] if r['ok']) >= g2.params['exact_est_s']
     assert knn_graph(Xd[:1500], k=5).method == 'exact'                 # small pools: exact, nothing measured
 
 
@@ -79,6 +98,8 @@ def test_float16_memmap(tmp_path, pool):
     assert _recall(g.indices, ge.indices) >= 0.97
     ga = knn_graph(Xm, k=10, method='pca-ivf', n_eval=300)
     assert _recall(ga.indices, ge.indices) >= 0.93
+    gj = knn_graph(Xm, k=10, method='cell-join', n_eval=300)
+    assert gj.method == 'cell-join' and _recall(gj.indices, ge.indices) >= 0.93
 
 
 def test_report_records_the_knn_search(pool):

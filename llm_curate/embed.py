@@ -389,10 +389,12 @@ def _cmd_embed(args) -> int:
     from llm_curate.data import load_samples
     ds = load_samples(args.data)
     path, name = resolve_embed_model(args.model)
-    X, ids = embed_samples(ds, model=args.model, batch_size=args.batch_size,
-                           device=args.device.split(',') if args.device and ',' in args.device else args.device,
+    device = args.device.split(',') if args.device and ',' in args.device else args.device
+    backend = resolve_backend(args.backend, device)
+    X, ids = embed_samples(ds, model=args.model, batch_size=args.batch_size, device=device,
                            cache_dir=False if args.no_cache else args.cache_dir, progress=not args.quiet,
-                           max_seq_length=args.max_seq_length, backend=args.backend)
+                           max_seq_length=args.max_seq_length, backend=backend)
+    name = backend_name(name, backend)   # as the pipeline saves them: rows of two backends never pass for each other
     save_embeddings(args.out, X, ids, name, source=str(args.data))
     print(f"embedded {len(ids)} samples with {name} -> {args.out} ({X.shape[1]} dims)")
     return 0

@@ -91,7 +91,9 @@ def test_cli_embed_then_curate(tmp_path):
     r = run('embed', str(data), '--out', str(tmp_path / 'emb'), '--cache-dir', str(tmp_path / 'cache'), '-q')
     assert r.returncode == 0, r.stderr
     X, ids, meta = load_embeddings(tmp_path / 'emb')
-    assert X.shape == (60, 384) and len(set(ids)) == 60 and meta['model'].endswith('MiniLM-L6-v2')
+    from llm_curate.embed import backend_name, resolve_backend
+    saved_as = backend_name('all-MiniLM-L6-v2', resolve_backend(None))      # the name says which precision made the rows
+    assert X.shape == (60, 384) and len(set(ids)) == 60 and meta['model'].endswith(saved_as)
     rng = np.random.default_rng(0)
     status = ['ok'] * 55 + ['unparsed'] * 3 + ['failed'] * 2
     tab = pd.DataFrame({'id': ids, 'rater': 'r1', 'status': status,
@@ -106,7 +108,7 @@ def test_cli_embed_then_curate(tmp_path):
         rep = CurationReport.load(tmp_path / 'rep' / rater)
         assert len(rep.frame) == 55 and set(rep.frame.id) == set(ids[:55])
         assert rep.params['ratings']['excluded'] == {'unparsed': 3, 'failed': 2}
-        assert rep.params['embedding_model'].endswith('MiniLM-L6-v2') and rep.params['rater'] == rater
+        assert rep.params['embedding_model'].endswith(saved_as) and rep.params['rater'] == rater
     assert 'excluded: 3 unparsed, 2 failed' in r.stdout
     r = run('curate', '--scores', str(tmp_path / 'ratings.parquet'), '--embeddings', str(tmp_path / 'emb'),
             '--out', str(tmp_path / 'rep1'), '--rater', 'r2', '--k', '5', '--soft', '--plots')

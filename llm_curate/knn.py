@@ -50,13 +50,14 @@ def dedupe_rows(X: np.ndarray,  # (N, d) float32 rows
                ) -> tuple[np.ndarray, np.ndarray]:  # group (N,) int64 in [0, M); first (M,) int64 row of each group
     "Group identical rows: `group[i]` is the group of row i, `first[g]` the first row of group g."
     X = np.ascontiguousarray(X)
-    u = X.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[X.dtype.itemsize])
+    w = X.shape[1] * X.dtype.itemsize
+    u = X.view(np.uint64) if w % 8 == 0 else X.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[X.dtype.itemsize])  # 8 bytes a word when rows allow
     coef = np.random.default_rng(12345).integers(1, 2**63, size=u.shape[1], dtype=np.uint64) | np.uint64(1)
     h = np.empty(len(X), np.uint64)
     step = max(1, 2**22 // u.shape[1])
     with np.errstate(over='ignore'):
         for s in range(0, len(X), step):
-            h[s:s + step] = (u[s:s + step].astype(np.uint64) * coef).sum(1)
+            h[s:s + step] = (u[s:s + step].astype(np.uint64, copy=False) * coef).sum(1)
     codes, first = _groups(h)
     dup = np.flatnonzero(first[codes] != np.arange(len(X)))
     if len(dup):  # confirm byte for byte; a collision becomes its own group
@@ -296,11 +297,19 @@ def _coverage(Aq: np.ndarray, At: np.ndarray, s: int) -> float:
 
 def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: float, rng, max_spill: int = 8,
                n_sample: int = 16384) -> tuple[dict | None, list]:
-    "Cheapest (cells, spill) of the cell join whose recall on the queries qt reaches `aim`: its plan and the table of all tried."
+    "Cheapest (cells, spill) of the cell join whose recall on the queries qt reaches `aim`, walking the cell size from 512 rows the cheaper way: its plan and the table of all tried."
     M, d = U.shape
     faiss = _faiss_threads()
     S = np.sort(rng.choice(M, min(M, n_sample), replace=False))
     tried = {}
+    nb = min(M, 1024)                                   # seconds per pair inside a cell: one 1,024-row cell's product
+    B = _f32(U[np.sort(rng.choice(M, nb, replace=False))])
+    pair_s, n_threads = math.inf, faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)                        # as `_cell_join` runs it: one cell per thread, the threads side by side
+    for _ in range(3):                                  # the fastest of three: other jobs on the machine only slow a run down
+        t = time.perf_counter(); faiss.knn(B, B, min(k + 1, nb), faiss.METRIC_INNER_PRODUCT)
+        pair_s = min(pair_s, (time.perf_counter() - t) / nb ** 2 / n_threads)
+    faiss.omp_set_num_threads(n_threads)
 
     def evaluate(m):                                    # m: mean rows per cell before spilling
         t = time.perf_counter()
@@ -313,14 +322,6 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
         s = next((s for s in range(1, max_spill + 1) if _coverage(Aq, At, s) >= aim), max_spill)  # a larger spill only costs more
         n = np.bincount(A[:, :s].ravel(), minlength=len(cent)).astype(np.float64) * (M / len(S))
         pairs = float((n ** 2).sum())
-        nb = int(min(M, max(k + 2, round(pairs / n.sum()))))   # the size of the cell an average pair sits in
-        B = _f32(U[np.sort(rng.choice(M, nb, replace=False))])
-        pair_s, n_threads = math.inf, faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)                    # as `_cell_join` runs it: one cell per thread, the threads side by side
-        for _ in range(3):                              # the fastest of three: other jobs on the machine only slow a run down
-            t = time.perf_counter(); faiss.knn(B, B, min(k + 1, nb), faiss.METRIC_INNER_PRODUCT)
-            pair_s = min(pair_s, (time.perf_counter() - t) / nb ** 2 / n_threads)
-        faiss.omp_set_num_threads(n_threads)
         rec = _coverage(Aq, At, s)
         tried[m] = {'rows_per_cell': m, 'cells': len(cent), 'spill': s, 'recall': round(rec, 4), 'pairs_frac': round(pairs / M ** 2, 5),
                     'train_s': round(train_s, 3), 'assign_s': round(assign_s, 3), 'join_s': round(pairs * pair_s, 3),
@@ -332,15 +333,17 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
     cost = lambda m: tried[m]['cost_s'] + tried[m]['train_s'] if ok(m) else math.inf
     grid = [m for m in (4096, 2048, 1024, 512, 256, 128, 64) if m >= 4 * k and M / m >= 8]
     if not grid: return None, []
-    i = min(range(len(grid)), key=lambda j: abs(grid[j] - 256))   # start at 256 rows a cell, walk towards the cheaper side
-    for m in grid[i:i + 2]: evaluate(m)
-    step = -1 if cost(grid[i]) <= cost(grid[min(i + 1, len(grid) - 1)]) else 1
-    j = i + (0 if step < 0 else 1)
+    i = min(range(len(grid)), key=lambda j: abs(grid[j] - 512))    # start at 512 rows a cell
+    evaluate(grid[i])
+    if i + 1 < len(grid): evaluate(grid[i + 1])
+    step = 1 if i + 1 < len(grid) and cost(grid[i + 1]) < cost(grid[i]) else -1   # towards smaller cells, or larger
+    j = i + (1 if step > 0 else 0)
     while 0 <= j + step < len(grid):
-        m = grid[j + step]
-        if m not in tried:
-            if ok(grid[j]) and tried[grid[j]]['train_s'] * (grid[j] / m) ** 2 >= tried[grid[j]]['cost_s']: break  # training it costs more than it can save
-            evaluate(m)
+        m, best = grid[j + step], min(tried.values(), key=lambda r: r['cost_s'] if r['ok'] else math.inf)
+        prev = tried[grid[j]]
+        if best['ok'] and step > 0 and prev['train_s'] * (grid[j] / m) ** 2 + prev['assign_s'] * grid[j] / m >= best['cost_s']:
+            break                                       # 2x the cells: k-means ~4x, assignment 2x; more than it could save
+        evaluate(m)
         if cost(m) >= cost(grid[j]) and ok(grid[j]): break
         j += step
     table = [{a: b for a, b in r.items() if a != 'centroids'} for r in sorted(tried.values(), key=lambda r: -r['rows_per_cell'])]
@@ -365,7 +368,11 @@ def _cell_join(U: np.ndarray, cent: np.ndarray, s: int, k: int, progress: bool =
         Xc = _f32(U[mem])
         D, J = faiss.knn(Xc, Xc, int(min(k + 1, b - a)), faiss.METRIC_INNER_PRODUCT)
         D, J = _drop_self(D, J, np.arange(b - a), min(k, b - a - 1))
-        PS[slots, :D.shape[1]], PI[slots, :J.shape[1]] = D, mem[J]
+        J = mem[J]
+        Ai, Aj = A[mem], A[J]                           # a pair met in several cells is kept in the first of the row's cells it shares:
+        first = (Ai[:, None, :, None] == Aj[:, :, None, :]).any(3).argmax(2)   # there it is in the row's top k if anywhere
+        D[np.take_along_axis(Ai, first, 1) != c] = -np.inf
+        PS[slots, :D.shape[1]], PI[slots, :J.shape[1]] = D, J
         return b - a
 
     big_first = [int(c) for c in np.argsort(-np.diff(bounds), kind='stable') if bounds[c + 1] - bounds[c] >= 2]
@@ -378,10 +385,6 @@ def _cell_join(U: np.ndarray, cent: np.ndarray, s: int, k: int, progress: bool =
         faiss.omp_set_num_threads(n_threads)
         if bar is not None: bar.close()
     PS, PI = PS.reshape(M, s * k), PI.reshape(M, s * k)
-    o = np.argsort(PI, axis=1, kind='stable')           # a neighbour found in several cells: kept once
-    PI, PS = np.take_along_axis(PI, o, 1), np.take_along_axis(PS, o, 1)
-    PS[:, 1:][PI[:, 1:] == PI[:, :-1]] = -np.inf
-    PS[PI < 0] = -np.inf
     S, j = _topk_rows(PS, k)
     return S, np.take_along_axis(PI, j, 1).astype(np.int64)
 
@@ -450,8 +453,12 @@ def _approx(U, k, method, target, n_eval, pca_dim, pca_var, pilot, seed, progres
     q = rng.choice(M, size=min(2 * n_eval, M // 2), replace=False)
     qt, qe = q[:len(q) // 2], q[len(q) // 2:]
     if U.dtype == np.float32 and U.flags.c_contiguous:         # the exact search's own kernel: its time extrapolates to all M rows
-        true = _drop_self(*faiss.knn(_f32(U[q]), U, k + 1, faiss.METRIC_INNER_PRODUCT), q, k)[1]
-        exact_s = (time.perf_counter() - t) * M / len(q)
+        true, exact_s = [], math.inf
+        for part in (qt, qe):                                  # the faster half: other jobs on the machine only slow a run down
+            t1 = time.perf_counter()
+            true.append(_drop_self(*faiss.knn(_f32(U[part]), U, k + 1, faiss.METRIC_INNER_PRODUCT), part, k)[1])
+            exact_s = min(exact_s, (time.perf_counter() - t1) * M / len(part))
+        true = np.concatenate(true)
     else:                                                      # float16 / memory map: block by block, no float32 copy
         true = _exact_for(U, q, k)
         t = time.perf_counter()                                # the exact search's cost, measured on one of its own blocks

@@ -411,7 +411,7 @@ def predictive_noise_scale(y: np.ndarray,    # (N,) rated levels
                            T: np.ndarray,    # (K, K) transition matrix (HOC, bounded by the closest pairs)
                            p: np.ndarray,    # (K,) prior of true levels
                            P: np.ndarray | None = None,  # (N, K) distributions instead of hard levels
-                           z: float = 2.0,   # tolerance: the least noise within z standard errors of the best prediction
+                           z: float = 1.0,   # tolerance: the least noise within z standard errors of the best prediction (1: the one-standard-error rule)
                            grid: tuple = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0),  # candidate weights w of T in w T + (1 - w) I
                            max_rows: int = 20_000,  # predict at most this many samples (a seeded random subset)
                           ) -> tuple[float, dict]:  # w in [0, 1] (1 = T as fitted, 0 = no noise); {w: mean log-likelihood}
@@ -443,7 +443,7 @@ class ScoreCurator:
                  sample_size: int | None = None,  # subset size of those rounds; None = all samples ('posterior'), 50,000 ('reference')
                  detect_rounds: int = 51,  # 'reference' only: detection rounds over random subsets, each with its own k-NN graph
                  near_pairs: float | None = 0.02,  # share of samples whose closest pairs bound the noise (widened while farther pairs agree alike); None = no bound
-                 noise_z: float | None = 2.0,  # 'posterior': use the least noise whose neighbours predict each own rating within this many standard errors of the best; None = HOC's noise
+                 noise_z: float | None = 1.0,  # 'posterior': use the least noise whose neighbours predict each own rating within this many standard errors of the best; None = HOC's noise
                  pairs_z: float | None = 2.5,  # 'posterior': change nothing when the closest pairs agree this many standard errors less than farther ones; None = no check
                  transition: np.ndarray | None = None,  # (K, K) known T (e.g. from gold labels); None = estimate it
                  steps: int = 1501,        # Adam steps of the HOC fit
@@ -630,7 +630,7 @@ class ScoreCurator:
             if n_fit - n_w > 0.05:
                 self.warnings_.append(
                     f"The neighbours predict each sample's own rating as well under {n_w:.0%} noise as under the {n_fit:.0%} the consensus "
-                    f"suggests (within {self.noise_z:g} standard errors): the data cannot tell those apart, so curation uses the lower estimate "
+                    f"suggests (within {self.noise_z:g} standard error{'' if self.noise_z == 1 else 's'}): the data cannot tell those apart, so curation uses the lower estimate "
                     f"and changes fewer scores.")
             return Tw
         return T
@@ -991,8 +991,8 @@ def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
     p.add_argument('--hoc-rounds', type=int, help='random subsets whose consensus counts are averaged (default: 1 for posterior, 50 for reference)')
     p.add_argument('--sample-size', type=int, help='size of those subsets (default: all samples for posterior, 50,000 for reference)')
     p.add_argument('--detect-rounds', type=int, default=51, help='reference procedure: detection rounds over random subsets (default 51)')
-    p.add_argument('--noise-z', type=float, default=2.0, metavar='Z',
-                   help="use the least noise under which the neighbours predict each sample's own rating within Z standard errors of the best (default 2; -1: the consensus fit's noise)")
+    p.add_argument('--noise-z', type=float, default=1.0, metavar='Z',
+                   help="use the least noise under which the neighbours predict each sample's own rating within Z standard errors of the best (default 1; -1: the consensus fit's noise)")
     p.add_argument('--pairs-z', type=float, default=2.5, metavar='Z',
                    help='change no score when the closest pairs of samples are rated alike Z standard errors less often than farther pairs (default 2.5; -1: no check)')
     p.add_argument('--gold', metavar='GOLD', help='table of trusted levels (id, score in 0..K-1) for some samples: checks T and measures curation on them')

@@ -414,8 +414,8 @@ def predictive_noise_scale(y: np.ndarray,    # (N,) rated levels
                            z: float = 1.0,   # tolerance: the least noise within z standard errors of the best prediction (1: the one-standard-error rule)
                            grid: tuple = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0),  # candidate weights w of T in w T + (1 - w) I
                            max_rows: int = 20_000,  # predict at most this many samples (a seeded random subset)
-                          ) -> tuple[float, dict]:  # w in [0, 1] (1 = T as fitted, 0 = no noise); {w: mean log-likelihood}
-    "The least noise, T blended toward the identity, under which the neighbours predict each sample's own rating about as well as under any."
+                          ) -> tuple[tuple, dict]:  # the weights w in [0, 1] that predict as well as the best (1 = T as fitted, 0 = no noise); {w: mean log-likelihood}
+    "The noise levels, T blended toward the identity, under which the neighbours predict each sample's own rating about as well as under any."
     N, K = len(y), len(p)
     r = np.arange(N) if N <= max_rows else np.sort(np.random.default_rng(0).choice(N, max_rows, replace=False))
     res = {}
@@ -427,7 +427,7 @@ def predictive_noise_scale(y: np.ndarray,    # (N,) rated levels
         res[float(w)] = max((_predictive_ll(L, yr, Tw, p, lam, Pr) for lam in np.linspace(0.05, 1, 20)), key=np.mean)
     best = max(res, key=lambda w: res[w].mean())
     ok = [w for w in res if (d := res[w] - res[best]).mean() >= -z * d.std() / np.sqrt(len(d))]
-    return float(min(ok)), {w: round(float(v.mean()), 5) for w, v in res.items()}
+    return tuple(sorted(ok)), {w: round(float(v.mean()), 5) for w, v in res.items()}
 
 # %% ../nbs/04_curate.ipynb #c9475a16
 LOW_CLUSTERABILITY = 0.6  # below this estimated clusterability, curation warns that neighbours can vouch for few ratings
@@ -585,16 +585,19 @@ class ScoreCurator:
                         f"are wrong, but the {m} closest pairs of samples are rated alike {a:.0%} of the time, which bounds the noise: "
                         f"curation uses the bounded estimate ({n_cap:.0%}). Much of the disagreement between "
                         f"neighbours comes from neighbours that do not share the true score, not from rating errors.")
-            T = self._check_model(y, P, idx, dist, T, p)
-        self.transition_matrix_, self.prior_ = T, p
+        Ts = [T] if self.transition is not None else self._check_model(y, P, idx, dist, T, p)
+        self.transition_matrix_, self.prior_ = np.mean(Ts, 0), p
         self.timings_['hoc_s'] = time.perf_counter() - t
         t = time.perf_counter()
         nb = idx[:, :k - 1]
-        self.share_by_rank_ = share_by_rank(y, nb, T, p, P)
+        post, rho, lam = 0.0, 0.0, 0.0
+        for Tw in Ts:   # the noise levels the ratings cannot tell apart (one, mostly): their posteriors are averaged
+            rho_w = share_by_rank(y, nb, Tw, p, P)
+            L = neighbour_loglik(y, nb, Tw, p, rho_w, P)
+            lam_w = fit_temperature(L, y, Tw, p, P)
+            post, rho, lam = post + posterior_levels(L, y, Tw, p, lam_w, P) / len(Ts), rho + rho_w / len(Ts), lam + lam_w / len(Ts)
+        self.share_by_rank_, self.temperature_ = rho, float(lam)
         self.clusterability_ = float(self.share_by_rank_[0] + (1 - self.share_by_rank_[0]) * (p ** 2).sum())
-        L = neighbour_loglik(y, nb, T, p, self.share_by_rank_, P)
-        self.temperature_ = fit_temperature(L, y, T, p, P)
-        post = posterior_levels(L, y, T, p, self.temperature_, P)
         rows = np.arange(N)
         own = post[rows, y]
         post[rows, y] = -1.0
@@ -609,7 +612,7 @@ class ScoreCurator:
         self.timings_['detect_s'] = time.perf_counter() - t
 
     def _check_model(self, y, P, idx, dist, T, p):
-        "Check the fitted noise model against what the ratings show; return the T to curate with (less noise, or none, where they contradict it)."
+        "Check the fitted noise model against what the ratings show; return the T(s) to curate with (less noise, or none, where they contradict it)."
         K, mc, n_fit = self.n_scores, self.model_check_, 1 - (np.diag(T) * p).sum()
         if self.pairs_z is not None:
             a, b, z = closest_pairs_check(y, idx[:, :self.k - 1], dist[:, :self.k - 1], P)
@@ -621,19 +624,19 @@ class ScoreCurator:
                     f"that are nearer do not share the score more often, which DS2 assumes. The neighbours' ratings are then no evidence of "
                     f"which ratings are wrong (the {n_fit:.0%} noise the consensus suggests cannot be told from neighbours that differ in "
                     f"truth), so no score was changed. Embeddings of what the rater judges, or gold labels (gold=...), would help.")
-                return np.eye(K)
+                return [np.eye(K)]
         if self.noise_z is not None and n_fit > 0:
-            w, ll = predictive_noise_scale(y, idx[:, :self.k - 1], T, p, P, z=self.noise_z)
-            mc.update(noise_scale=w, predictive_ll=ll)
-            Tw = w * T + (1 - w) * np.eye(K)
-            n_w = 1 - (np.diag(Tw) * p).sum()
+            ws, ll = predictive_noise_scale(y, idx[:, :self.k - 1], T, p, P, z=self.noise_z)
+            mc.update(noise_scale=round(float(np.mean(ws)), 4), noise_scales=list(ws), predictive_ll=ll)
+            Tws = [w * T + (1 - w) * np.eye(K) for w in ws]
+            n_w = 1 - (np.diag(np.mean(Tws, 0)) * p).sum()
             if n_fit - n_w > 0.05:
                 self.warnings_.append(
                     f"The neighbours predict each sample's own rating as well under {n_w:.0%} noise as under the {n_fit:.0%} the consensus "
                     f"suggests (within {self.noise_z:g} standard error{'' if self.noise_z == 1 else 's'}): the data cannot tell those apart, so curation uses the lower estimate "
                     f"and changes fewer scores.")
-            return Tw
-        return T
+            return Tws
+        return [T]
 
     def _fit_reference(self, X, y, P, idx, dist, rng):
         N, K, k = len(y), self.n_scores, self.k

@@ -181,6 +181,18 @@ def test_cli_gold_and_procedure_options(tmp_path, capsys):
     p = meta['params']
     assert (p['procedure'], p['hoc_rounds'], p['sample_size'], p['detect_rounds']) == ('reference', 3, 1000, 5)
     assert p['gold']['n'] == 150 and 0 <= p['clusterability'] <= 1
+    # the model checks: on by default (a line of the summary), off with -1
+    args = parser.parse_args(['curate', '--scores', str(tmp_path / 'ratings.parquet'), '--embeddings', str(tmp_path / 'emb'), '--out', str(tmp_path / 'rep2')])
+    assert args.func(args) == 0
+    assert 'model check: the closest pairs of samples are rated alike' in capsys.readouterr().out
+    p2 = json.loads((tmp_path / 'rep2' / 'report.json').read_text())['params']
+    assert (p2['noise_z'], p2['pairs_z']) == (1.0, 2.5) and p2['model_check']['contradicted'] is False
+    args = parser.parse_args(['curate', '--scores', str(tmp_path / 'ratings.parquet'), '--embeddings', str(tmp_path / 'emb'), '--out', str(tmp_path / 'rep3'),
+                              '--noise-z', '-1', '--pairs-z', '-1'])
+    assert args.func(args) == 0
+    assert 'model check' not in capsys.readouterr().out
+    p3 = json.loads((tmp_path / 'rep3' / 'report.json').read_text())['params']
+    assert (p3['noise_z'], p3['pairs_z'], p3['model_check']) == (None, None, {})
 
 
 @pytest.fixture(scope='module')

@@ -20,11 +20,16 @@ def weak():
     return sp, ScoreCurator().fit(sp.X, sp.rated)
 
 
+def _real(path, label):
+    "Embeddings (float32), true labels and the k-NN graph of a real-text fixture."
+    f = np.load(path)
+    X, y = f['X'].astype(np.float32), f[label].astype(np.int64)
+    return X, y, knn_graph(X, k=10)
+
+
 @pytest.fixture(scope='module')
 def t0():
-    f = np.load(FIXTURE)
-    X, y = f['X'].astype(np.float32), f['family'].astype(np.int64)
-    return X, y, knn_graph(X, k=10)
+    return _real(FIXTURE, 'family')
 
 
 def test_threshold_is_a_monotone_knob(weak):
@@ -197,9 +202,7 @@ def test_cli_gold_and_procedure_options(tmp_path, capsys):
 
 @pytest.fixture(scope='module')
 def templates():
-    f = np.load(TEMPLATES)
-    X, y = f['X'].astype(np.float32), f['level'].astype(np.int64)
-    return X, y, knn_graph(X, k=10)
+    return _real(TEMPLATES, 'level')
 
 
 def test_no_harm_when_the_closest_pairs_disagree(templates):

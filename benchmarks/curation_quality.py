@@ -7,6 +7,11 @@ grouped into the 8 groups of the Auto-J paper, `default` left out), T0 prompts/c
 K=2; all 9,229). Texts are embedded with the bundled MiniLM (`llm_curate.embed`, cached as .npy). Seeded asymmetric noise is
 injected at 0% (the clean control: nothing should change), 25% and 40%: a wrong rating moves one level up with
 weight 0.7 and one level down with weight 0.3 (at the ends, the only neighbour), like a lenient judge.
+Symmetric noise too (any other level alike) at 25% and 40% on the sets with more than two levels. One more real set
+with a harder truth, `t0-template`: the first 2,000 bundled demo-pool texts (benchmarks/embed_speed.py's set), each T0
+template given a level (sha1 of its name mod 6, K=6). The same passage appears under several templates, so the nearest
+neighbour (often the same passage) mostly carries another true level: the closest pairs agree *less* often than farther
+ones, against DS2's assumption; curation must see that and change nothing.
 Generated data: well-clustered (`make_noisy_scores`: every neighbour shares the true score; ordinal noise, 30%)
 and weakly clustered (`synthetic_pool` with 30 sub-topics per topic: the nearest neighbour shares the true score
 ~85% of the time and both 2 nearest ~2/3; rater-like noise, ~45%), each also clean.
@@ -20,7 +25,7 @@ one (random subsets, rank-based flags counted over rounds). For a two-level set 
 flipped among neighbours that share the truth" from "no flips, a truth that neighbours share less": whatever a
 curator gains on the 25% row it loses on the twin (same input, same output).
 
-    python benchmarks/curation_quality.py [--data ../shared/data] [--cache DIR] [--sets autoj,t0,alpaca,well,weak]
+    python benchmarks/curation_quality.py [--data ../shared/data] [--cache DIR] [--sets autoj,t0,t0-template,alpaca,gen-well,gen-weak]
 """
 import argparse, collections, gzip, hashlib, json, logging, os, sys, time
 from pathlib import Path
@@ -28,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 LEVELS = (0.0, 0.25, 0.4)
+UNIFORM = (0.25, 0.4)   # symmetric noise too: a wrong rating is any other level, alike
 AUTOJ_GROUPS = {   # the scenario groups of the Auto-J paper (Li et al., 2023), 'default' left out
     'summarization': ['text_summarization', 'note_summarization', 'title_generation'],
     'exam': ['solving_exam_question_with_math', 'solving_exam_question_without_math', 'math_reasoning'],
@@ -69,6 +75,12 @@ def real_texts(name: str, data: Path) -> tuple[list, np.ndarray]:
         rng.shuffle(pick)
         fi = {f: i for i, f in enumerate(T0_FAMILIES)}
         return [_conv(rows[j]['prompt'], rows[j]['completion']) for j in pick], np.array([fi[rows[j]['template'].split('_')[0]] for j in pick])
+    if name == 't0-template':   # benchmarks/embed_speed.py's set: the first 2,000 bundled demo-pool texts, a level per T0 template
+        from llm_curate.data import load_samples, render_conversation
+        from llm_curate.pipeline import demo_pool
+        ds = load_samples(demo_pool(), progress=False).select(range(2000))
+        return ([render_conversation(m) for m in ds['messages']],
+                np.array([int(hashlib.sha1(t.encode()).hexdigest(), 16) % 6 for t in ds['template']]))
     if name == 'alpaca':
         d = data / 'instruct/alpagasus'
         r = json.load(open(d / 'random_9k.json', encoding='utf-8'))
@@ -143,7 +155,7 @@ def check(rows) -> list[str]:
     for r in rows:
         if r['procedure'] != 'default': continue
         name = f"{r['set']} @ {r['noise']}"
-        if r['set'] in ('autoj', 't0', 'alpaca', 'alpaca-twin'):
+        if r['set'] in ('autoj', 't0', 't0-template', 'alpaca', 'alpaca-twin'):
             if r['noise'] == 0 and r['changed'] > 0.02: fails.append(f'{name}: clean control changed {r["changed"]:.1%} > 2%')
             if r['noise'] != 0 and r['acc_after'] < r['acc_before']: fails.append(f'{name}: accuracy fell {r["acc_before"]:.3f} -> {r["acc_after"]:.3f}')
         elif r['set'] == 'gen-weak' and r['noise'] != 0:
@@ -163,7 +175,7 @@ def main(argv=None):
     ap.add_argument('--data', type=Path, default=default_data, help='the shared data folder (labels/autoj_scenario, t0_train_50k, instruct/alpagasus)')
     ap.add_argument('--cache', type=Path, default=Path(os.environ.get('LLM_CURATE_CACHE', Path.home() / '.cache/llm_curate')) / 'curation_quality',
                     help='where the MiniLM embeddings of the real-text sets are cached (.npy)')
-    ap.add_argument('--sets', default='autoj,t0,alpaca,gen-well,gen-weak', help='comma-separated sets')
+    ap.add_argument('--sets', default='autoj,t0,t0-template,alpaca,gen-well,gen-weak', help='comma-separated sets')
     ap.add_argument('--procedures', default='default,reference', help='comma-separated curation procedures')
     ap.add_argument('--json', type=Path, help='also write the rows as JSON')
     a = ap.parse_args(argv)
@@ -176,8 +188,10 @@ def main(argv=None):
         X, y = real_set(name, a.data, a.cache)
         K = int(y.max()) + 1
         g = knn_graph(X, k=10)
-        for lvl in LEVELS:
-            rated = noisy_ratings(y, lenient_noise(K, lvl), seed=0)
+        noises = [(lvl, lenient_noise(K, lvl)) for lvl in LEVELS]
+        if K > 2: noises += [(f'uniform {u:.0%}', (1 - u) * np.eye(K) + u / (K - 1) * (1 - np.eye(K))) for u in UNIFORM]   # K = 2: the same as lenient
+        for lvl, Tn in noises:
+            rated = noisy_ratings(y, Tn, seed=0)
             for pr in procs:
                 rows.append({'set': name, 'noise': lvl, 'K': K, 'procedure': pr, **evaluate(X, y, rated, K, pr, g)})
                 print(fmt(rows[-1:]).split('\n')[-1], file=sys.stderr, flush=True)

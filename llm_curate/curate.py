@@ -19,10 +19,11 @@ from .synthetic import make_noisy_scores, ordinal_noise, empirical_T  # re-expor
 # %% auto #0
 __all__ = ['logger', 'LOW_CLUSTERABILITY', 'check_scores', 'consensus_counts', 'hoc_loss_grad', 'fit_transition',
            'neighbour_votes', 'flag_fraction', 'longtail_score', 'share_loss_grad', 'fit_noise_model',
-           'near_pair_agreement', 'self_agreement', 'cap_noise', 'share_by_rank', 'neighbour_loglik', 'fit_temperature',
-           'posterior_levels', 'ScoreCurator', 'CurationReport', 'gold_transition', 'curate_scores',
-           'plot_transition_matrix', 'plot_curation', 'rating_scale', 'scores_from_ratings', 'curate_ratings',
-           'summary', 'add_cli', 'make_noisy_scores', 'ordinal_noise', 'empirical_T']
+           'near_pair_agreement', 'closest_pairs_check', 'self_agreement', 'cap_noise', 'share_by_rank',
+           'neighbour_loglik', 'fit_temperature', 'posterior_levels', 'predictive_noise_scale', 'ScoreCurator',
+           'CurationReport', 'gold_transition', 'curate_scores', 'plot_transition_matrix', 'plot_curation',
+           'rating_scale', 'scores_from_ratings', 'curate_ratings', 'summary', 'add_cli', 'make_noisy_scores',
+           'ordinal_noise', 'empirical_T']
 
 # %% ../nbs/04_curate.ipynb #d120b4b3
 _all_ = ['make_noisy_scores', 'ordinal_noise', 'empirical_T']
@@ -271,6 +272,28 @@ def near_pair_agreement(y: np.ndarray,      # (N,) rated levels
     else: r = (P[o].sum(0) + P[idx[o, 0]].sum(0)) / (2 * m)
     return float(ag[:m].mean()), r, m
 
+def closest_pairs_check(y: np.ndarray,    # (N,) rated levels
+                        idx: np.ndarray,  # (N, m) neighbour indices, nearest first (all m ranks are pooled)
+                        dist: np.ndarray, # (N, m) cosine distances to them
+                        P: np.ndarray | None = None,  # (N, K) distributions instead of hard levels
+                        frac: float = 0.05,  # the closest pairs: this share of the (sample, neighbour) pairs
+                        ring: float = 0.2,   # compared with the next pairs by distance: this share
+                       ) -> tuple[float, float, float]:  # agreement of the closest pairs, of the next ring, z (> 0: the closest agree less)
+    "How much less often the closest pairs of samples are rated alike than somewhat farther pairs, in (sample-clustered) standard errors."
+    N, m = idx.shape
+    i, j, d = np.repeat(np.arange(N), m), idx.ravel(), dist.ravel()
+    keep = np.unique(np.minimum(i, j) * N + np.maximum(i, j), return_index=True)[1]   # each unordered pair once
+    i, j, d = i[keep], j[keep], d[keep]
+    ag = (y[i] == y[j]).astype(np.float64) if P is None else (P[i].astype(np.float64) * P[j]).sum(1)
+    o = np.argsort(d, kind='stable')
+    n1 = min(len(o) // 2, max(50, int(round(frac * len(o))))); n2 = min(len(o) - n1, max(n1, int(round(ring * len(o)))))
+    def mean_var(g):   # pairs that share a sample are not independent: variance with each sample's pairs as one cluster
+        mu = ag[g].mean()
+        s = np.bincount(i[g], weights=ag[g] - mu, minlength=N) + np.bincount(j[g], weights=ag[g] - mu, minlength=N)
+        return float(mu), max((s ** 2).sum() / 2, 1e-4 * len(g)) / len(g) ** 2
+    (a, va), (b, vb) = mean_var(o[:n1]), mean_var(o[n1:n1 + n2])
+    return a, b, float((b - a) / np.sqrt(va + vb))
+
 def self_agreement(T: np.ndarray,  # (K, K) transition matrix
                    q: np.ndarray,  # (K,) distribution of true levels
                   ) -> float:      # probability in [0, 1]
@@ -330,9 +353,9 @@ def neighbour_loglik(y: np.ndarray,      # (N,) rated levels
                      p: np.ndarray,      # (K,) prior of true levels
                      rho: np.ndarray,    # (m,) share probability of each neighbour rank
                      P: np.ndarray | None = None,  # (N, K) distributions instead of hard levels
-                    ) -> np.ndarray:     # (N, K) sum_j log P(rating of neighbour j | true level of the sample = c)
+                    ) -> np.ndarray:     # (len(idx), K) sum_j log P(rating of neighbour j | true level of the sample = c); idx may be a subset of rows
     "Log-likelihood of the neighbours' ratings for each possible true level of the sample."
-    N, K = len(y), len(p)
+    N, K = len(idx), len(p)
     c1 = p @ T
     L = np.zeros((N, K))
     for j in range(idx.shape[1]):   # loop over the k-1 neighbour ranks, vectorised over samples
@@ -364,9 +387,13 @@ def fit_temperature(L: np.ndarray,   # (N, K) from `neighbour_loglik`
     if len(y) > max_rows:
         r = np.sort(np.random.default_rng(0).choice(len(y), max_rows, replace=False))
         L, y, P = L[r], y[r], None if P is None else P[r]
-    lpri, Y = np.log(np.maximum(p, 1e-300))[None, :], (np.eye(len(p))[y] if P is None else P.astype(np.float64))
-    ll = [np.log(np.maximum(((_normalise_log(lpri + lam * L) @ T) * Y).sum(1), 1e-300)).mean() for lam in grid]
+    ll = [_predictive_ll(L, y, T, p, lam, P).mean() for lam in grid]
     return float(grid[int(np.argmax(ll))])
+
+def _predictive_ll(L, y, T, p, lam, P=None):
+    "(N,) log P(own rating | neighbours' ratings) under (T, p) with the neighbour evidence weighted by lam."
+    Y = np.eye(len(p))[y] if P is None else P.astype(np.float64)
+    return np.log(np.maximum(((_normalise_log(np.log(np.maximum(p, 1e-300))[None, :] + lam * L) @ T) * Y).sum(1), 1e-300))
 
 def posterior_levels(L: np.ndarray,  # (N, K) from `neighbour_loglik`
                      y: np.ndarray,  # (N,) rated levels
@@ -378,6 +405,29 @@ def posterior_levels(L: np.ndarray,  # (N, K) from `neighbour_loglik`
     "Posterior over each sample's true level: prior x own-rating likelihood x tempered neighbour likelihood."
     return _normalise_log(np.log(np.maximum(p, 1e-300))[None, :] + np.log(np.maximum(_own_lik(y, T, P), 1e-300)) + lam * L)
 
+
+def predictive_noise_scale(y: np.ndarray,    # (N,) rated levels
+                           idx: np.ndarray,  # (N, m) neighbour indices, nearest first
+                           T: np.ndarray,    # (K, K) transition matrix (HOC, bounded by the closest pairs)
+                           p: np.ndarray,    # (K,) prior of true levels
+                           P: np.ndarray | None = None,  # (N, K) distributions instead of hard levels
+                           z: float = 1.0,   # tolerance: the least noise within z standard errors of the best prediction (1: the one-standard-error rule)
+                           grid: tuple = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0),  # candidate weights w of T in w T + (1 - w) I
+                           max_rows: int = 20_000,  # predict at most this many samples (a seeded random subset)
+                          ) -> tuple[tuple, dict]:  # the weights w in [0, 1] that predict as well as the best (1 = T as fitted, 0 = no noise); {w: mean log-likelihood}
+    "The noise levels, T blended toward the identity, under which the neighbours predict each sample's own rating about as well as under any."
+    N, K = len(y), len(p)
+    r = np.arange(N) if N <= max_rows else np.sort(np.random.default_rng(0).choice(N, max_rows, replace=False))
+    res = {}
+    for w in grid:   # a handful of candidate noise levels; each one a vectorised pass over the rows
+        Tw = w * T + (1 - w) * np.eye(K)
+        rho = share_by_rank(y, idx, Tw, p, P)   # the share probabilities this noise level implies
+        L = neighbour_loglik(y, idx[r], Tw, p, rho, P)
+        yr, Pr = y[r], None if P is None else P[r]
+        res[float(w)] = max((_predictive_ll(L, yr, Tw, p, lam, Pr) for lam in np.linspace(0.05, 1, 20)), key=np.mean)
+    best = max(res, key=lambda w: res[w].mean())
+    ok = [w for w in res if (d := res[w] - res[best]).mean() >= -z * d.std() / np.sqrt(len(d))]
+    return tuple(sorted(ok)), {w: round(float(v.mean()), 5) for w, v in res.items()}
 
 # %% ../nbs/04_curate.ipynb #c9475a16
 LOW_CLUSTERABILITY = 0.6  # below this estimated clusterability, curation warns that neighbours can vouch for few ratings
@@ -393,6 +443,8 @@ class ScoreCurator:
                  sample_size: int | None = None,  # subset size of those rounds; None = all samples ('posterior'), 50,000 ('reference')
                  detect_rounds: int = 51,  # 'reference' only: detection rounds over random subsets, each with its own k-NN graph
                  near_pairs: float | None = 0.02,  # share of samples whose closest pairs bound the noise (widened while farther pairs agree alike); None = no bound
+                 noise_z: float | None = 1.0,  # 'posterior': use the least noise whose neighbours predict each own rating within this many standard errors of the best; None = HOC's noise
+                 pairs_z: float | None = 2.5,  # 'posterior': change nothing when the closest pairs agree this many standard errors less than farther ones; None = no check
                  transition: np.ndarray | None = None,  # (K, K) known T (e.g. from gold labels); None = estimate it
                  steps: int = 1501,        # Adam steps of the HOC fit
                  lr: float = 0.1,          # Adam learning rate of the HOC fit
@@ -403,10 +455,11 @@ class ScoreCurator:
                 ):
         self.n_scores, self.k, self.confidence, self.procedure = n_scores, k, confidence, procedure
         self.hoc_rounds, self.sample_size, self.detect_rounds, self.near_pairs = hoc_rounds, sample_size, detect_rounds, near_pairs
+        self.noise_z, self.pairs_z = noise_z, pairs_z
         self.transition, self.steps, self.lr, self.require_majority = transition, steps, lr, require_majority
         self.random_state, self.knn_kw, self.longtail_k = random_state, knn_kw, longtail_k
 
-    _PARAMS = ('n_scores', 'k', 'confidence', 'procedure', 'hoc_rounds', 'sample_size', 'detect_rounds', 'near_pairs', 'transition',
+    _PARAMS = ('n_scores', 'k', 'confidence', 'procedure', 'hoc_rounds', 'sample_size', 'detect_rounds', 'near_pairs', 'noise_z', 'pairs_z', 'transition',
                'steps', 'lr', 'require_majority', 'random_state', 'knn_kw', 'longtail_k')
 
     def get_params(self, deep: bool = True) -> dict: # scikit-learn's signature; nothing nested to go deep into
@@ -434,6 +487,10 @@ class ScoreCurator:
         if self.procedure not in ('posterior', 'reference'): raise _param_error('procedure', o, "'posterior' or 'reference'", self.procedure)
         if self.near_pairs is not None and (isinstance(self.near_pairs, bool) or not isinstance(self.near_pairs, (int, float)) or not 0 < self.near_pairs <= 1):
             raise _param_error('near_pairs', o, 'a float in (0, 1] or None', self.near_pairs)
+        for name in ('noise_z', 'pairs_z'):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0):
+                raise _param_error(name, o, 'a float >= 0 or None', v)
         if self.transition is not None:
             T = np.asarray(self.transition, float)
             if T.shape != (self.n_scores, self.n_scores) or (T < 0).any() or np.abs(T.sum(1) - 1).max() > 1e-6:
@@ -466,7 +523,7 @@ class ScoreCurator:
             logger.warning("Only one score level (%d) is present: nothing to curate; returning the ratings unchanged.", y[0])
             self.transition_matrix_, self.prior_, self.hoc_loss_ = np.eye(K), np.bincount(y, minlength=K) / N, 0.0
             self.hoc_transition_matrix_, self.share_, self.share_by_rank_, self.temperature_ = np.eye(K), 1.0, np.ones(k - 1), 0.0
-            self.clusterability_, self.noise_cap_ = 1.0, {}
+            self.clusterability_, self.noise_cap_, self.model_check_ = 1.0, {}, {}
             self.error_score_ = np.zeros(N); self.error_prob_ = np.zeros(N); self.flagged_ = np.zeros(N, bool)
             self.suggested_ = y.copy(); self.confidence_ = np.zeros(N); self.curated_scores_ = y.copy(); self.rounds_seen_ = np.zeros(N, np.int64)
             self.flag_fraction_ = np.zeros(K)
@@ -510,7 +567,7 @@ class ScoreCurator:
     def _fit_posterior(self, X, y, P, idx, dist, rng):
         N, K, k = len(y), self.n_scores, self.k
         t = time.perf_counter()
-        self.noise_cap_ = {}
+        self.noise_cap_, self.model_check_ = {}, {}
         if self.transition is not None:
             T, p = self._known_transition(y, P)
             self.share_, self.hoc_loss_, self.hoc_transition_matrix_ = float('nan'), float('nan'), T
@@ -528,15 +585,19 @@ class ScoreCurator:
                         f"are wrong, but the {m} closest pairs of samples are rated alike {a:.0%} of the time, which bounds the noise: "
                         f"curation uses the bounded estimate ({n_cap:.0%}). Much of the disagreement between "
                         f"neighbours comes from neighbours that do not share the true score, not from rating errors.")
-        self.transition_matrix_, self.prior_ = T, p
+        Ts = [T] if self.transition is not None else self._check_model(y, P, idx, dist, T, p)
+        self.transition_matrix_, self.prior_ = np.mean(Ts, 0), p
         self.timings_['hoc_s'] = time.perf_counter() - t
         t = time.perf_counter()
         nb = idx[:, :k - 1]
-        self.share_by_rank_ = share_by_rank(y, nb, T, p, P)
+        post, rho, lam = 0.0, 0.0, 0.0
+        for Tw in Ts:   # the noise levels the ratings cannot tell apart (one, mostly): their posteriors are averaged
+            rho_w = share_by_rank(y, nb, Tw, p, P)
+            L = neighbour_loglik(y, nb, Tw, p, rho_w, P)
+            lam_w = fit_temperature(L, y, Tw, p, P)
+            post, rho, lam = post + posterior_levels(L, y, Tw, p, lam_w, P) / len(Ts), rho + rho_w / len(Ts), lam + lam_w / len(Ts)
+        self.share_by_rank_, self.temperature_ = rho, float(lam)
         self.clusterability_ = float(self.share_by_rank_[0] + (1 - self.share_by_rank_[0]) * (p ** 2).sum())
-        L = neighbour_loglik(y, nb, T, p, self.share_by_rank_, P)
-        self.temperature_ = fit_temperature(L, y, T, p, P)
-        post = posterior_levels(L, y, T, p, self.temperature_, P)
         rows = np.arange(N)
         own = post[rows, y]
         post[rows, y] = -1.0
@@ -550,6 +611,33 @@ class ScoreCurator:
         self.rounds_seen_ = np.ones(N, np.int64)
         self.timings_['detect_s'] = time.perf_counter() - t
 
+    def _check_model(self, y, P, idx, dist, T, p):
+        "Check the fitted noise model against what the ratings show; return the T(s) to curate with (less noise, or none, where they contradict it)."
+        K, mc, n_fit = self.n_scores, self.model_check_, 1 - (np.diag(T) * p).sum()
+        if self.pairs_z is not None:
+            a, b, z = closest_pairs_check(y, idx[:, :self.k - 1], dist[:, :self.k - 1], P)
+            mc.update(closest_agreement=round(a, 4), farther_agreement=round(b, 4), closest_z=round(z, 2), contradicted=bool(z > self.pairs_z))
+            if z > self.pairs_z:
+                mc['noise_scale'] = 0.0
+                self.warnings_.append(
+                    f"The closest pairs of samples are rated alike less often ({a:.0%}) than somewhat farther pairs ({b:.0%}): here samples "
+                    f"that are nearer do not share the score more often, which DS2 assumes. The neighbours' ratings are then no evidence of "
+                    f"which ratings are wrong (the {n_fit:.0%} noise the consensus suggests cannot be told from neighbours that differ in "
+                    f"truth), so no score was changed. Embeddings of what the rater judges, or gold labels (gold=...), would help.")
+                return [np.eye(K)]
+        if self.noise_z is not None and n_fit > 0:
+            ws, ll = predictive_noise_scale(y, idx[:, :self.k - 1], T, p, P, z=self.noise_z)
+            mc.update(noise_scale=round(float(np.mean(ws)), 4), noise_scales=list(ws), predictive_ll=ll)
+            Tws = [w * T + (1 - w) * np.eye(K) for w in ws]
+            n_w = 1 - (np.diag(np.mean(Tws, 0)) * p).sum()
+            if n_fit - n_w > 0.05:
+                self.warnings_.append(
+                    f"The neighbours predict each sample's own rating as well under {n_w:.0%} noise as under the {n_fit:.0%} the consensus "
+                    f"suggests (within {self.noise_z:g} standard error{'' if self.noise_z == 1 else 's'}): the data cannot tell those apart, so curation uses the lower estimate "
+                    f"and changes fewer scores.")
+            return Tws
+        return [T]
+
     def _fit_reference(self, X, y, P, idx, dist, rng):
         N, K, k = len(y), self.n_scores, self.k
         t = time.perf_counter()
@@ -558,7 +646,7 @@ class ScoreCurator:
             self.hoc_loss_ = float('nan')
         else:
             T, p, self.hoc_loss_ = fit_transition(self._consensus(y, P, idx, rng, X=X), steps=self.steps, lr=self.lr)
-        self.transition_matrix_, self.prior_, self.hoc_transition_matrix_, self.share_, self.noise_cap_ = T, p, T, float('nan'), {}
+        self.transition_matrix_, self.prior_, self.hoc_transition_matrix_, self.share_, self.noise_cap_, self.model_check_ = T, p, T, float('nan'), {}, {}
         self.timings_['hoc_s'] = time.perf_counter() - t
         t = time.perf_counter()
         def votes(y_, idx_, dist_, P_):
@@ -715,7 +803,7 @@ def curate_scores(X: np.ndarray,          # (N, d) embeddings, row-aligned with 
               'clusterability': round(cur.clusterability_, 4), 'share_by_rank': np.round(cur.share_by_rank_, 4).tolist(),
               'noise_rate': round(float(1 - (np.diag(cur.transition_matrix_) * cur.prior_).sum()), 4),
               'noise_rate_hoc': round(float(1 - (np.diag(cur.hoc_transition_matrix_) * cur.prior_).sum()), 4),
-              'noise_cap': cur.noise_cap_, 'temperature': cur.temperature_, 'warnings': list(cur.warnings_),
+              'noise_cap': cur.noise_cap_, 'model_check': cur.model_check_, 'temperature': cur.temperature_, 'warnings': list(cur.warnings_),
               'rated_counts': np.bincount(y, minlength=K).tolist(),
               'curated_counts': np.bincount(cur.curated_scores_, minlength=K).tolist(),
               'flagged_per_level': np.bincount(y[cur.flagged_], minlength=K).tolist(),
@@ -857,6 +945,11 @@ def summary(rep: CurationReport,  # from `curate_scores`
     lines = [f"estimated noise {p['noise_rate']:.0%} of ratings; clusterability {p['clusterability']:.2f} (how often the nearest "
              f"neighbour shares a sample's true score); flagged {int(f['flagged'].sum())}, changed {p['changed']} of {len(f)} "
              f"(confidence >= {p['confidence']})"]
+    mc = p.get('model_check') or {}
+    if 'closest_z' in mc:
+        lines.append(f"model check: the closest pairs of samples are rated alike {mc['closest_agreement']:.0%} of the time, farther pairs "
+                     f"{mc['farther_agreement']:.0%}: " + ("nearer samples do not share the score more often, so no score was changed" if mc['contradicted'] else
+                     f"no sign against DS2's assumption; noise used {p['noise_rate']:.0%} (the consensus alone: {p['noise_rate_hoc']:.0%})"))
     g = p.get('gold')
     if g: lines.append(f"gold ({g['n']} samples): accuracy {g['accuracy_before']:.3f} -> {g['accuracy_after']:.3f}; "
                        f"{g['changed_right']} changes right, {g['changed_wrong']} wrong; rating noise on gold {g['noise_gold']:.0%}")
@@ -870,7 +963,8 @@ def _cmd_curate(args) -> int:
     gold = read_table(args.gold, 'gold table (id, score: trusted levels)', required=('id', 'score')) if args.gold else None
     raters = [args.rater] if args.rater else (list(pd.unique(table['rater'].astype(str))) if 'rater' in table.columns else [None])
     kw = dict(k=args.k, longtail_k=args.longtail_k, confidence=args.confidence, procedure=args.procedure, hoc_rounds=args.hoc_rounds, sample_size=args.sample_size,
-              detect_rounds=args.detect_rounds, random_state=args.seed, soft=args.soft, gold=gold, fit_gold=args.fit_gold)
+              detect_rounds=args.detect_rounds, random_state=args.seed, soft=args.soft, gold=gold, fit_gold=args.fit_gold,
+              noise_z=None if args.noise_z < 0 else args.noise_z, pairs_z=None if args.pairs_z < 0 else args.pairs_z)
     for r in raters:
         out = Path(args.out) if len(raters) == 1 else Path(args.out) / re.sub(r'[^A-Za-z0-9._-]+', '_', r)
         rep = curate_ratings(table, args.embeddings, rater=r, **kw)
@@ -900,6 +994,10 @@ def add_cli(sub):  # the `subparsers` object of the `llm_curate` parser
     p.add_argument('--hoc-rounds', type=int, help='random subsets whose consensus counts are averaged (default: 1 for posterior, 50 for reference)')
     p.add_argument('--sample-size', type=int, help='size of those subsets (default: all samples for posterior, 50,000 for reference)')
     p.add_argument('--detect-rounds', type=int, default=51, help='reference procedure: detection rounds over random subsets (default 51)')
+    p.add_argument('--noise-z', type=float, default=1.0, metavar='Z',
+                   help="use the least noise under which the neighbours predict each sample's own rating within Z standard errors of the best (default 1; -1: the consensus fit's noise)")
+    p.add_argument('--pairs-z', type=float, default=2.5, metavar='Z',
+                   help='change no score when the closest pairs of samples are rated alike Z standard errors less often than farther pairs (default 2.5; -1: no check)')
     p.add_argument('--gold', metavar='GOLD', help='table of trusted levels (id, score in 0..K-1) for some samples: checks T and measures curation on them')
     p.add_argument('--fit-gold', action='store_true', help='also estimate T from the gold samples')
     p.add_argument('--soft', action='store_true', help='use score_probs (logprob ratings) as score distributions')

@@ -11,6 +11,7 @@ from llm_curate.knn import knn_graph
 from llm_curate.synthetic import synthetic_pool, rater_like_T, lenient_noise, noisy_ratings
 
 FIXTURE = Path(__file__).parent / 'data' / 't0_families_minilm.npz'
+TEMPLATES = Path(__file__).parent / 'data' / 't0_templates_minilm.npz'
 
 
 @pytest.fixture(scope='module')
@@ -19,11 +20,16 @@ def weak():
     return sp, ScoreCurator().fit(sp.X, sp.rated)
 
 
+def _real(path, label):
+    "Embeddings (float32), true labels and the k-NN graph of a real-text fixture."
+    f = np.load(path)
+    X, y = f['X'].astype(np.float32), f[label].astype(np.int64)
+    return X, y, knn_graph(X, k=10)
+
+
 @pytest.fixture(scope='module')
 def t0():
-    f = np.load(FIXTURE)
-    X, y = f['X'].astype(np.float32), f['family'].astype(np.int64)
-    return X, y, knn_graph(X, k=10)
+    return _real(FIXTURE, 'family')
 
 
 def test_threshold_is_a_monotone_knob(weak):
@@ -44,12 +50,12 @@ def _bins(pred, hit, nbins=5, min_n=200):
     return [(pred[b == i].mean(), hit[b == i].mean(), int((b == i).sum())) for i in range(nbins) if (b == i).sum() >= min_n]
 
 
-def _calibrated(cur, rated, true, min_bins, tol):
-    "|observed - predicted| <= tol in every bin of >= 200 samples, for the error probability and the confidence of the suggestion."
+def _calibrated(cur, rated, true, min_bins, tol, tol_cautious=None):
+    "predicted - observed <= tol (the side that changes right ratings) and observed - predicted <= tol_cautious (default tol) in every bin of >= 200 samples."
     for pred, hit in ((cur.error_prob_, rated != true), (cur.confidence_, cur.suggested_ == true)):
         bins = _bins(pred, hit)
         assert len(bins) >= min_bins, bins
-        assert all(abs(a - b) <= tol for a, b, _ in bins), bins
+        assert all(-(tol if tol_cautious is None else tol_cautious) <= a - b <= tol for a, b, _ in bins), bins
 
 
 def test_default_error_probability_and_confidence_are_calibrated():
@@ -61,11 +67,12 @@ def test_default_error_probability_and_confidence_are_calibrated():
 
 
 def test_default_is_calibrated_on_real_text(t0):
-    "On the real-text fixture the mid-range bins are off by up to 0.14 (the tempered neighbour evidence): held to 0.15, not 0.1."
+    """On the real-text fixture: over-confident by at most 0.06 (held to 0.1), under-confident in the mid-range bins by up to 0.15
+    (the tempered neighbour evidence, and at 40% the posterior averaged over two noise levels that predict alike): held to 0.2."""
     X, y, g = t0
     for eta, nb in ((0.25, 2), (0.4, 3)):
         r = noisy_ratings(y, lenient_noise(8, eta))
-        _calibrated(ScoreCurator(n_scores=8).fit(X, r, graph=g), r, y, min_bins=nb, tol=0.15)
+        _calibrated(ScoreCurator(n_scores=8).fit(X, r, graph=g), r, y, min_bins=nb, tol=0.1, tol_cautious=0.2)
 
 
 def test_weakly_clustered_generated_set_is_helped(weak):
@@ -101,8 +108,8 @@ def test_low_clusterability_is_said_and_changes_little():
     assert 'warning: Neighbours share' in summary(clean)
     noisy = curate_scores(X, rated, graph=g)
     assert (noisy.frame.curated_score == y).mean() >= (rated == y).mean() - 0.005
-    # without the bound by the closest pairs, the same curator rewrites a third of the ratings and halves the accuracy
-    loose = curate_scores(X, rated, graph=g, near_pairs=None)
+    # without the bound by the closest pairs (and the model checks), the same curator rewrites a third of the ratings and halves the accuracy
+    loose = curate_scores(X, rated, graph=g, near_pairs=None, noise_z=None, pairs_z=None)
     assert (loose.frame.curated_score == y).mean() < (rated == y).mean() - 0.1
 
 
@@ -179,3 +186,65 @@ def test_cli_gold_and_procedure_options(tmp_path, capsys):
     p = meta['params']
     assert (p['procedure'], p['hoc_rounds'], p['sample_size'], p['detect_rounds']) == ('reference', 3, 1000, 5)
     assert p['gold']['n'] == 150 and 0 <= p['clusterability'] <= 1
+    # the model checks: on by default (a line of the summary), off with -1
+    args = parser.parse_args(['curate', '--scores', str(tmp_path / 'ratings.parquet'), '--embeddings', str(tmp_path / 'emb'), '--out', str(tmp_path / 'rep2')])
+    assert args.func(args) == 0
+    assert 'model check: the closest pairs of samples are rated alike' in capsys.readouterr().out
+    p2 = json.loads((tmp_path / 'rep2' / 'report.json').read_text())['params']
+    assert (p2['noise_z'], p2['pairs_z']) == (1.0, 2.5) and p2['model_check']['contradicted'] is False
+    args = parser.parse_args(['curate', '--scores', str(tmp_path / 'ratings.parquet'), '--embeddings', str(tmp_path / 'emb'), '--out', str(tmp_path / 'rep3'),
+                              '--noise-z', '-1', '--pairs-z', '-1'])
+    assert args.func(args) == 0
+    assert 'model check' not in capsys.readouterr().out
+    p3 = json.loads((tmp_path / 'rep3' / 'report.json').read_text())['params']
+    assert (p3['noise_z'], p3['pairs_z'], p3['model_check']) == (None, None, {})
+
+
+@pytest.fixture(scope='module')
+def templates():
+    return _real(TEMPLATES, 'level')
+
+
+def test_no_harm_when_the_closest_pairs_disagree(templates):
+    "Real text whose truth the nearest neighbours mostly do not share (a level per T0 template, the same passage under several templates)."
+    X, y, g = templates
+    o = np.argsort(g.distances[:, 0])
+    assert (y[o[:400]] == y[g.indices[o[:400], 0]]).mean() < 0.3 < (y == y[g.indices[:, 0]]).mean()   # the closest pairs share the truth least
+    reps = {}
+    for eta in (0.0, 0.25, 0.4):
+        r = noisy_ratings(y, lenient_noise(6, eta))
+        reps[eta] = rep = curate_scores(X, r, graph=g)
+        cs = rep.frame.curated_score.to_numpy()
+        if eta == 0: assert (cs != r).mean() <= 0.02
+        assert (cs == y).mean() >= (r == y).mean(), eta
+    for rep in reps.values():   # the model check is what says so, in the report and the summary
+        mc = rep.params['model_check']
+        assert mc['contradicted'] and mc['closest_agreement'] < mc['farther_agreement']
+        assert 'warning: The closest pairs of samples are rated alike less often' in summary(rep)
+    # without the check the same curator rewrites correct ratings (measured: 15% of a clean labelling, accuracy 1.0 -> 0.85)
+    loose = curate_scores(X, y, graph=g, pairs_z=None, noise_z=None)
+    assert (loose.frame.curated_score != y).mean() > 0.1
+
+
+def test_closest_pairs_check_is_quiet_where_neighbours_share_the_truth(t0):
+    "On the T0 families fixture (the nearest neighbour shares the family 97% of the time) curation keeps changing scores, and helps."
+    X, y, g = t0
+    for eta in (0.25, 0.4):
+        r = noisy_ratings(y, lenient_noise(8, eta))
+        rep = curate_scores(X, r, n_scores=8, graph=g)
+        assert not rep.params['model_check']['contradicted']
+        assert (rep.frame.curated_score == y).mean() >= (r == y).mean() + 0.15
+
+
+def test_predictive_noise_scale_lowers_only_the_noise_the_data_cannot_support():
+    "Clean ratings on weakly clustered data: HOC reads neighbours that differ in truth as noise; the predictive check takes most of it back."
+    X, y, rated = make_noisy_scores(4000, n_clusters=1000, spread=1.2, seed=12)
+    g = knn_graph(X, k=10)
+    cur = ScoreCurator(pairs_z=None).fit(X, y, graph=g)
+    assert cur.model_check_['noise_scale'] <= 0.6
+    n_hoc = 1 - (np.diag(cur.hoc_transition_matrix_) * cur.prior_).sum()
+    assert 1 - (np.diag(cur.transition_matrix_) * cur.prior_).sum() < n_hoc - 0.05
+    # where the noise is real and neighbours share the truth (generated, 30% ordinal noise), it is kept as fitted
+    Xw, yw, rw = make_noisy_scores(4000, n_clusters=200, seed=3)
+    cw = ScoreCurator().fit(Xw, rw)
+    assert cw.model_check_['noise_scale'] == 1.0 and not cw.model_check_['contradicted']

@@ -51,6 +51,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {  # section -> key -> (accepted types, de
                'hoc_rounds': ((int, type(None)), None, 'random subsets averaged for HOC (null: 1 posterior, 50 reference)'),
                'sample_size': ((int, type(None)), None, 'size of those subsets (null: all samples posterior, 50,000 reference)'),
                'detect_rounds': (int, 51, 'reference procedure: detection rounds over random subsets'),
+               'noise_z': ((int, float, type(None)), 1.0, 'posterior: keep only the noise levels whose neighbours predict the ratings within this many standard errors of the best (null: HOC as fitted)'),
+               'pairs_z': ((int, float, type(None)), 2.5, 'posterior: change nothing when the closest pairs agree this many standard errors less than farther ones (null: no check)'),
                'gold': ((str, type(None)), None, 'table of trusted levels (id, score) for some samples: checks T and curation'),
                'fit_gold': (bool, False, 'estimate T from the gold samples'),
                'random_state': (int, 0, 'seed'), 'options': (dict, {}, 'other ScoreCurator (or MultiRaterCurator) parameters, e.g. longtail_k'),
@@ -352,7 +354,7 @@ def _stage_curate(cfg, ctx: RunContext) -> str:
                 + ', '.join(f"{n} {a:.2f}" for n, a in p['rater_accuracy'].items()) + f"); {p['changed']:,} differ from the majority vote")
     if len(raters) > 1: raise ValueError(f"ratings.parquet holds {len(raters)} raters ({list(raters)}) and curate.joint is false: the single-rater curator takes one rater's scores")
     gold = read_table(c['gold'], 'gold table (id, score: trusted levels)', required=('id', 'score')) if c.get('gold') else None
-    kw = {k: c[k] for k in ('procedure', 'hoc_rounds', 'sample_size', 'detect_rounds', 'fit_gold') if k in c}   # defaults: CONFIG
+    kw = {k: c[k] for k in ('procedure', 'hoc_rounds', 'sample_size', 'detect_rounds', 'noise_z', 'pairs_z', 'fit_gold') if k in c}   # defaults: CONFIG
     rep = curate_ratings(r, ctx.run_dir / 'embeddings', k=c['k'], confidence=c['confidence'], gold=gold,
                          random_state=c['random_state'], **kw, **c['options'])
     rep.save(ctx.run_dir / 'curation')

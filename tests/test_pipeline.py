@@ -204,3 +204,11 @@ def test_quantile_calibration_follows_the_ratings_rubric(tmp_path):
     Pipeline(cfg, progress=False).run()
     levels = pd.read_parquet(tmp_path / 'run' / 'ratings.parquet')['score']
     assert sorted(levels.unique()) == [0, 1, 2, 3] and (levels.value_counts() == 20).all()
+
+
+def test_curate_model_checks_are_config_keys(tmp_path, scores_file):
+    "curate.noise_z / curate.pairs_z are config keys (numbers or null, the checks off), checked before any stage runs."
+    from llm_curate.pipeline import validate_config
+    validate_config(config(tmp_path, scores_file, curate={'noise_z': None, 'pairs_z': 3}))
+    with pytest.raises(ValueError, match=r"curate\.pairs_z"):
+        validate_config(config(tmp_path, scores_file, curate={'pairs_z': 'high'}))

@@ -303,7 +303,7 @@ def main(argv=None):
           f"~ = exact time extrapolated from the exact search of the 1,000 recall queries; times exclude generating or loading the embeddings.")
     print(fmt_table(rows))
     print('\nWhere the time went (wall seconds):\n' + phases(rows))
-    print('\nCell-join plans (the cost model tries cell sizes from 512 rows towards the cheaper side):\n' + plans(rows))
+    print('\nCell-join plans (the cost model tries cell sizes from 256 rows, larger past 2,048 cells, towards the cheaper side):\n' + plans(rows))
     gr = growth(rows)
     if gr: print(gr)
     if a.json:

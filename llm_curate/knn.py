@@ -459,17 +459,17 @@ def _approx(U, k, method, target, n_eval, pca_dim, pca_var, pilot, seed, progres
             t1 = time.perf_counter()
             true.append(_drop_self(*faiss.knn(_f32(U[part]), U, k + 1, faiss.METRIC_INNER_PRODUCT), part, k)[1])
             exact_s = min(exact_s, (time.perf_counter() - t1) * M / len(part))
-        true = np.concatenate(true)
+        true, truth_s = np.concatenate(true), time.perf_counter() - t
     else:                                                      # float16 / memory map: block by block, no float32 copy
         true = _exact_for(U, q, k)
-        t = time.perf_counter()                                # the exact search's cost, measured on one of its own blocks
-        nb, mb = min(M, 4096), min(M, 16384)
+        truth_s = time.perf_counter() - t
+        nb, mb = min(M, 4096), min(M, 16384)                   # the exact search's cost, measured on one of its own blocks
         Qb, Db = _f32(U[rng.choice(M, nb, replace=False)]), _f32(U[np.sort(rng.choice(M, mb, replace=False))])
         t = time.perf_counter(); faiss.knn(Qb, Db, k + 1, faiss.METRIC_INNER_PRODUCT)
         exact_s = (time.perf_counter() - t) * (M / nb) * (M / mb)   # 4,096 queries x 16,384 rows, scaled to M x M
         del Qb, Db
     true_t, true_e = true[:len(qt)], true[len(qt):]
-    params.update(truth_s=round(time.perf_counter() - t, 3), exact_est_s=round(exact_s, 2))
+    params.update(truth_s=round(truth_s, 3), exact_est_s=round(exact_s, 2))
     sd = math.sqrt(max(target * (1 - target) / k, 0.02))   # spread of one query's recall@k: its k hits are not independent
     aim = min(1.0, target + 2 * sd / math.sqrt(len(qt)))    # 2 standard errors above the target, so held-out rows reach it too
 

@@ -83,7 +83,7 @@ class KNNGraph:
     distances: np.ndarray    # (N, k) float32 cosine distances 1 - x.x' in [0, 2], ascending
     group: np.ndarray        # (N,) int64 duplicate group of each row (rows with identical embeddings share one)
     n_unique: int            # number of distinct rows M
-    method: str              # 'exact', 'exact-gpu', 'pca-flat', 'pca-ivf', 'pca-hnsw', 'hnsw' (or '...-ray')
+    method: str              # 'exact', 'exact-gpu', 'cell-join', 'pca-flat', 'pca-ivf', 'pca-hnsw', 'hnsw' (or '...-ray')
     recall: float | None = None  # recall@k of the approximate search on held-out sample queries (None: exact)
     params: dict = field(default_factory=dict)  # the cost model's estimates, chosen parameters, timings
 
@@ -296,8 +296,8 @@ def _coverage(Aq: np.ndarray, At: np.ndarray, s: int) -> float:
     return float((Aq[:, None, :s, None] == At[:, :, None, :s]).any((2, 3)).mean())
 
 def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: float, rng, max_spill: int = 8,
-               n_sample: int = 16384) -> tuple[dict | None, list]:
-    "Cheapest (cells, spill) of the cell join whose recall on the queries qt reaches `aim`, walking the cell size from 256 rows (fewer cells past 500k rows) the cheaper way: its plan and the table of all tried."
+               n_sample: int = 16384) -> tuple[dict, list]:
+    "Cheapest (cells, spill) of the cell join whose recall on the queries qt reaches `aim` (its 'ok' True; none does: the one of highest recall), walking the cell size from 256 rows (larger cells past 2,048 of them) the cheaper way: that plan and the table of all tried."
     M, d = U.shape
     faiss = _faiss_threads()
     S = np.sort(rng.choice(M, min(M, n_sample), replace=False))
@@ -319,10 +319,11 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
         A = _nearest_cells(U[S], cent, max_spill)
         assign_s = (time.perf_counter() - t) * M / len(S)
         Aq, At = _nearest_cells(U[qt], cent, max_spill), _nearest_cells(U[true.ravel()], cent, max_spill).reshape(len(qt), k, -1)
-        s = next((s for s in range(1, max_spill + 1) if _coverage(Aq, At, s) >= aim), max_spill)  # a larger spill only costs more
+        for s in range(1, max_spill + 1):               # the smallest spill reaching the aim: a larger one only costs more
+            rec = _coverage(Aq, At, s)
+            if rec >= aim: break
         n = np.bincount(A[:, :s].ravel(), minlength=len(cent)).astype(np.float64) * (M / len(S))
         pairs = float((n ** 2).sum())
-        rec = _coverage(Aq, At, s)
         tried[m] = {'rows_per_cell': m, 'cells': len(cent), 'spill': s, 'recall': round(rec, 4), 'pairs_frac': round(pairs / M ** 2, 5),
                     'train_s': round(train_s, 3), 'assign_s': round(assign_s, 3), 'join_s': round(pairs * pair_s, 3),
                     'cost_s': round(assign_s + pairs * pair_s, 3),   # what is left to spend: the training is done
@@ -331,8 +332,7 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
 
     ok = lambda m: m in tried and tried[m]['ok']
     cost = lambda m: tried[m]['cost_s'] + tried[m]['train_s'] if ok(m) else math.inf
-    grid = [m for m in (4096, 2048, 1024, 512, 256, 128, 64) if m >= 4 * k and M / m >= 8]
-    if not grid: return None, []
+    grid = [m for m in (4096, 2048, 1024, 512, 256, 128, 64) if m >= 4 * k and M / m >= 8] or [max(2, M // 8)]
     fits = [j for j, m in enumerate(grid) if m >= 256 and M / m <= 2048]   # start: the smallest cells >= 256 rows with <= 2,048 cells
     i = fits[-1] if fits else 0                         # (k-means past ~2,000 cells costs tens of seconds at 1M rows)
     evaluate(grid[i])
@@ -349,7 +349,7 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
         j += step
     table = [{a: b for a, b in r.items() if a != 'centroids'} for r in sorted(tried.values(), key=lambda r: -r['rows_per_cell'])]
     good = [r for r in tried.values() if r['ok']]
-    if not good: return None, table
+    if not good: return max(tried.values(), key=lambda r: (r['recall'], -r['cost_s'])), table
     return min(good, key=lambda r: r['cost_s']), table
 
 def _cell_join(U: np.ndarray, cent: np.ndarray, s: int, k: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -487,11 +487,10 @@ def _approx(U, k, method, target, n_eval, pca_dim, pca_var, pilot, seed, progres
         plan, jtable = _plan_join(U, qt, true_t, k, aim, rng)
         params.update(join_plan=jtable, join_plan_s=round(time.perf_counter() - t, 3))
         logger.info("k-NN cell join plan (%.1f s): %s", params['join_plan_s'],
-                    'no plan reaches the target' if plan is None else f"{plan['cells']} cells, spill {plan['spill']}, predicted {plan['cost_s']:.1f} s (exact {exact_s:.1f} s)")
-        if method == 'cell-join' and plan is None:
-            plan = max(jtable, key=lambda r: (r['recall'], -r['cost_s']))
-            plan = dict(plan, centroids=_kmeans_cells(U, plan['cells'], rng))
+                    'no plan reaches the target' if not plan['ok'] else f"{plan['cells']} cells, spill {plan['spill']}, predicted {plan['cost_s']:.1f} s (exact {exact_s:.1f} s)")
+        if method == 'cell-join' and not plan['ok']:
             logger.warning("k-NN: the cell join reaches recall@%d %.3f at most (target %.3f)", k, plan['recall'], target)
+        elif not plan['ok']: plan = None                    # auto: the candidate indexes are measured instead
         if plan is not None and (method != 'auto' or 2 * plan['cost_s'] < exact_s):   # its prediction ran up to 1.6x short: a 2x margin
             t = time.perf_counter()
             S, I = _cell_join(U, plan['centroids'], plan['spill'], k, progress)

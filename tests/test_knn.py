@@ -138,3 +138,11 @@ def test_generator_shapes_and_dtypes():
     assert X.shape == (5000, 1024) and X.dtype == np.float16 and cl.shape == (5000,)
     np.testing.assert_allclose(np.linalg.norm(X.astype(np.float32), axis=1), 1, atol=2e-3)
     np.testing.assert_array_equal(realistic_embeddings(300, seed=2), realistic_embeddings(300, seed=2))
+
+
+def test_cell_join_forced_on_a_small_pool():
+    "method='cell-join' on a pool too small for the cell-size grid still plans (fewer, larger cells) instead of failing."
+    X = clustered(400, 16, 20, 1.0, seed=5)
+    g = knn_graph(X, k=10, method='cell-join', n_eval=50)
+    ge = knn_graph(X, k=10, exact=True)
+    assert g.method == 'cell-join' and g.params['cells'] >= 2 and _recall(g.indices, ge.indices) >= 0.9

@@ -9,7 +9,10 @@ Data, each case in a fresh child process (so its peak RSS is its own):
   forced (`method='hnsw'`, the best index before the cell join, for comparison);
 - `realistic_real_size`: the generator at the real rows' own size and dimension (384), so the two can be compared on the
   very plan the cost model makes (cells, spill, recall);
-- `realistic`: `llm_curate.knn.realistic_embeddings`, the generator fitted to those real embeddings (spectrum stretched to d);
+- `realistic`: `llm_curate.knn.realistic_embeddings`, the generator fitted to those real embeddings (spectrum stretched to d;
+  parameters fitted at d itself where the geometry has them, `params_by_dim`);
+- `realistic_fixed_density` (`--fixed-density N`): the same generator forced to clusters of a fixed size (`cluster_growth` 1:
+  neighbourhoods no denser at 1M rows than at the fitted size), for a geometry whose fit lets the clusters grow with N;
 - `easy`: the old generator (tight clusters, 20 rows each): an EASY case, kept to show how much the data matter.
 Ratings: 6 levels from the embedding (quantiles of a random projection, so neighbours share levels), 30% of them corrupted
 by a known ordinal transition matrix.
@@ -130,13 +133,17 @@ def _f1(flags: np.ndarray, wrong: np.ndarray) -> float:
 def child(kind: str, n: int, d: int, k: int, real: str | None, exact_max: int, dtype: str) -> dict:
     from llm_curate.curate import ScoreCurator
     from llm_curate.synthetic import empirical_T
-    from llm_curate.knn import knn_graph, realistic_embeddings, _recall
+    from llm_curate.knn import knn_graph, realistic_embeddings, bundled_geometry, _recall
     load0 = os.getloadavg()[0]
     t = time.perf_counter()
     if kind in ('real', 'real_approx', 'real_hnsw'):
         X = np.load(real, mmap_mode='r')
         X = np.ascontiguousarray(X[:n] if n else X, np.float32)
     elif kind in ('realistic', 'realistic_real_size'): X = realistic_embeddings(n, d=d or None, seed=0)
+    elif kind == 'realistic_fixed_density':
+        geo = bundled_geometry()
+        p = geo.get('params_by_dim', {}).get(str(d), {}).get('params', geo['params'])
+        X = realistic_embeddings(n, d=d, geometry={**geo, 'params': {**p, 'cluster_growth': 1.0}, 'params_by_dim': {}}, seed=0)
     else: X = easy(n, d)
     if dtype == 'float16': X = X.astype(np.float16)
     n, d = X.shape
@@ -196,7 +203,7 @@ def fmt_table(rows) -> str:
             (f" (exact {r['T_mae_truth_exact']:.3f} / {r['flag_f1_exact']:.3f})" if 'flag_f1_exact' in r else '')
         label = {'easy': 'easy (old generator)', 'real': 'real text (MiniLM)', 'real_approx': 'real text, approximate forced',
                  'real_hnsw': 'real text, hnsw forced', 'realistic': 'realistic generator',
-                 'realistic_real_size': 'realistic generator, real size'}[r['kind']]
+                 'realistic_real_size': 'realistic generator, real size', 'realistic_fixed_density': 'realistic, clusters of a fixed size'}[r['kind']]
         lines.append(f"| {label} | {r['N']:,} | {r['d']} | {m} | {rec} | {r['knn_s']:.1f} | {ex} | {r['exact_s'] / r['knn_s']:.2f} | "
                      f"{r['total_s']:.1f}" + (f" ({r['total_cpu_s']:.0f})" if 'total_cpu_s' in r else '') + f" | {r['peak_rss_gb']:.2f} | {r['rss_over_X']:.2f} | {td} | {fj} | {q} | {r['load'][0]}→{r['load'][1]} |")
     return '\n'.join(lines)
@@ -242,6 +249,7 @@ def main(argv=None):
     ap.add_argument('--real-n', type=int, default=0, help='use the first N real rows (0: all)')
     ap.add_argument('--sizes', default='100000,300000,1000000', help='comma-separated N of the realistic generator ("" for none)')
     ap.add_argument('--easy', default='', help='comma-separated N of the easy (old) generator')
+    ap.add_argument('--fixed-density', default='', help='comma-separated N of the generator with clusters of a fixed size (pessimistic)')
     ap.add_argument('--dim', type=int, default=1024, help='dimension of the generated embeddings')
     ap.add_argument('--dtype', default='float32', choices=['float32', 'float16'], help='storage of the embedding matrix')
     ap.add_argument('--k', type=int, default=10, help='neighbours')
@@ -255,6 +263,8 @@ def main(argv=None):
     ap.add_argument('--fit-geometry', metavar='OUT', help='fit the realistic generator to --real and write its JSON to OUT, then exit')
     ap.add_argument('--fit-rounds', type=int, default=2, help='--fit-geometry: passes of coordinate search')
     ap.add_argument('--fit-init', help='--fit-geometry: starting parameters (JSON object)')
+    ap.add_argument('--fit-dims', default='1024', help='--fit-geometry: other dimensions to fit the generator at (comma-separated, "" for none)')
+    ap.add_argument('--fit-sizes', default='0.25,1', help='--fit-geometry: pool sizes compared (fractions of the real rows)')
     ap.add_argument('--child', nargs=3, metavar=('KIND', 'N', 'D'), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.table:
@@ -266,13 +276,17 @@ def main(argv=None):
     if a.real and not a.child: ensure_real(a.real, a.max_seq_length, a.embed_cache)
     if a.embed_only: return 0
     if a.fit_geometry:
+        import logging
         from llm_curate.knn import fit_geometry
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format='%(asctime)s %(name)s %(message)s')
         X = np.load(a.real)
-        geo = fit_geometry(X[:a.real_n] if a.real_n else X, rounds=a.fit_rounds, init=json.loads(a.fit_init) if a.fit_init else None)
+        geo = fit_geometry(X[:a.real_n] if a.real_n else X, rounds=a.fit_rounds, init=json.loads(a.fit_init) if a.fit_init else None,
+                           sizes=tuple(float(f) for f in a.fit_sizes.split(',')), dims=tuple(int(x) for x in a.fit_dims.split(',') if x))
         geo['source'] = ('MiniLM (all-MiniLM-L6-v2, first %d tokens) embeddings of the shared real texts: ' % a.max_seq_length
                          + ', '.join(s for s, _ in SOURCES))
+        geo['fit_procedure'] = 'python benchmarks/curation_speed.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
         with open(a.fit_geometry, 'w') as f: json.dump(geo, f, indent=None, separators=(',', ':'))
-        print({kk: geo[kk] for kk in ('n', 'dim', 'dims_for_90pct', 'd1', 'd10', 'fit_real', 'params', 'fit')})
+        print({kk: geo[kk] for kk in ('n', 'dim', 'dims_for_90pct', 'd1', 'd10', 'fit_real_by_n', 'params', 'fit', 'params_by_dim')})
         return 0
     if a.child:
         import logging
@@ -282,6 +296,7 @@ def main(argv=None):
     n_real = (a.real_n or len(np.load(a.real, mmap_mode='r'))) if a.real else 0
     cases = ([('real', a.real_n, 0), ('real_approx', a.real_n, 0), ('real_hnsw', a.real_n, 0), ('realistic_real_size', n_real, 0)] if a.real else []) + \
             [('easy', int(n), a.dim) for n in a.easy.split(',') if n] + \
+            [('realistic_fixed_density', int(n), a.dim) for n in a.fixed_density.split(',') if n] + \
             [('realistic', int(n), a.dim) for n in a.sizes.split(',') if n]   # the largest last
     rows = []
     for kind, n, d in cases:

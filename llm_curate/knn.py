@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_knn.ipynb #25b6dcc2
 from __future__ import annotations
-import itertools, json, logging, math, os, time
+import itertools, json, logging, math, os, sys, time
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
@@ -95,6 +95,8 @@ class KNNGraph:
 
 # %% ../nbs/03_knn.ipynb #584ebe52
 def _faiss_threads():
+    if 'faiss' not in sys.modules:   # OpenMP threads that sleep when idle: spinning ones steal the cores numpy's BLAS needs next (faiss wiki, Troubleshooting)
+        os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     faiss = need('faiss', 'all')
     faiss.omp_set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())
     return faiss
@@ -566,8 +568,10 @@ def neighbour_stats(X: np.ndarray,         # (N, d) embeddings
                     n_query: int = 1000,   # query rows (sampled)
                     seed: int = 0,         # seeds the query sample and the IVF k-means
                     ivf_probes=(1, 2, 4, 8, 16),  # IVF probes of the clusterability curve (() to skip it)
-                   ) -> dict:              # spectrum, nearest-neighbour distance quantiles, IVF recall curve
-    "Geometry summary of an embedding matrix: PCA spectrum, cosine distances to the 1st and k-th nearest neighbours, and how clusterable it is (IVF recall@k per probe count)."
+                    join_spills=(1, 2, 3, 5, 8),  # spills of the cell-sharing curve (() to skip it)
+                    rows_per_cell: int = 128,     # mean rows per k-means cell of that curve
+                   ) -> dict:              # spectrum, nearest-neighbour distance quantiles, IVF and cell-sharing recall curves
+    "Geometry summary of an embedding matrix: PCA spectrum, cosine distances to the 1st and k-th nearest neighbours, how clusterable it is (IVF recall@k per probe count) and how often neighbours share k-means cells (the cell join's recall per spill)."
     U = check_embeddings(X)
     g, first = dedupe_rows(U)
     U = U[first] if len(first) < len(U) else U
@@ -580,7 +584,8 @@ def neighbour_stats(X: np.ndarray,         # (N, d) embeddings
     cum = np.cumsum(ev) / ev.sum()
     qs = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
     ivf = _ivf_curve(U, q, I, k, ivf_probes, seed) if len(ivf_probes) else {}
-    return {**ivf, 'n': int(len(U)), 'dim': int(U.shape[1]), 'k': k, 'mean_norm': float(np.linalg.norm(_f32(U[q]).mean(0))),
+    join = _join_curve(U, q, I, join_spills, rows_per_cell, seed) if len(join_spills) else {}
+    return {**ivf, **join, 'n': int(len(U)), 'dim': int(U.shape[1]), 'k': k, 'mean_norm': float(np.linalg.norm(_f32(U[q]).mean(0))),
             'spectrum': (ev / ev.sum()).round(7).tolist(), 'dims_for_90pct': int(np.searchsorted(cum, 0.9) + 1),
             'd1': np.quantile(D[:, 0], qs).round(4).tolist(), f'd{k}': np.quantile(D[:, -1], qs).round(4).tolist()}
 
@@ -598,6 +603,14 @@ def _ivf_curve(U: np.ndarray, q: np.ndarray, true: np.ndarray, k: int, probes, s
         ivf.nprobe = int(p)
         rec.append(round(_recall(_drop_self(*ivf.search(A[q], k + 1), q, k)[1], true), 4))
     return {'ivf_nlist': nlist, 'ivf_probes': [int(p) for p in probes], 'ivf': rec}
+
+def _join_curve(U: np.ndarray, q: np.ndarray, true: np.ndarray, spills, rows_per_cell: int, seed: int) -> dict:
+    "Recall@k of the cell join for queries q (exact neighbours `true`): k-means cells of `rows_per_cell` rows on average (`_kmeans_cells`), each row in its s nearest, per spill s."
+    cent = _kmeans_cells(U, max(2, int(round(len(U) / rows_per_cell))), np.random.default_rng(seed))
+    s_max = int(max(spills))
+    Aq, At = _nearest_cells(U[q], cent, s_max), _nearest_cells(U[true.ravel()], cent, s_max).reshape(len(q), true.shape[1], -1)
+    return {'join_rows_per_cell': int(rows_per_cell), 'join_cells': int(len(cent)), 'join_spills': [int(s) for s in spills],
+            'join': [round(_coverage(Aq, At, int(s)), 4) for s in spills]}
 
 def _stretch(spectrum, d: int) -> np.ndarray:
     "A (d,) spectrum with the shape of `spectrum` (variance fraction per fraction of dimensions), summing to 1."
@@ -617,11 +630,12 @@ def realistic_embeddings(n: int,                 # rows
     "Unit-norm embeddings whose PCA spectrum, neighbour distances and clusterability follow real ones: topic mixtures, clusters, per-cluster spreads and near copies on the fitted spectrum."
     geo = geometry or bundled_geometry()
     d = int(d or geo['dim'])
-    p = geo['params']
+    p = geo.get('params_by_dim', {}).get(str(d), {}).get('params', geo['params'])   # parameters fitted at this dimension, if any
     rng = np.random.default_rng(seed)
     sd = np.sqrt(_stretch(geo['spectrum'], d)).astype(np.float32)       # per-axis standard deviations
     n_topics = int(p['n_topics'])
-    n_clusters = max(2, int(round(n / p['per_cluster'])))
+    n_ref, growth = p.get('n_ref', n), p.get('cluster_growth', 1.0)   # clusters grow as n^growth: denser neighbourhoods as n grows
+    n_clusters = max(2, int(round(n_ref / p['per_cluster'] * (n / n_ref) ** growth)))
     mu = rng.standard_normal(d).astype(np.float32); mu *= np.float32(p['mean'] / np.linalg.norm(mu))
     topics = rng.standard_normal((n_topics, d), dtype=np.float32) * (sd * np.float32(math.sqrt(p['a_topic'])))
     centres = rng.standard_normal((n_clusters, d), dtype=np.float32) * (sd * np.float32(math.sqrt(p['a_cluster'])))
@@ -636,11 +650,21 @@ def realistic_embeddings(n: int,                 # rows
     w = np.exp(p['size_sigma'] * rng.standard_normal(n_clusters)); w /= w.sum()
     cl = rng.choice(n_clusters, n, p=w)
     a_noise = np.float32(math.sqrt(max(1e-6, 1 - p['a_topic'] - p['a_cluster'])))
+    r_loc, l_loc = int(p.get('local_dim', 0)), float(p.get('local_share', 0.0))   # low-dimensional variation inside each cluster
+    if r_loc and l_loc:
+        n_bases = min(n_clusters, 256)                                 # a pool of r-dim local subspaces on the spectrum, one drawn per cluster
+        bases = rng.standard_normal((n_bases, r_loc, d), dtype=np.float32) * (sd / np.float32(math.sqrt(r_loc)))
+        cl_basis = rng.integers(0, n_bases, n_clusters)
     X = np.empty((n, d), dtype)
     for s in range(0, n, chunk):
         c = cl[s:s + chunk]
         blk = rng.standard_normal((len(c), d), dtype=np.float32)
-        blk *= sd * a_noise; blk *= spread[c, None]
+        blk *= sd * (a_noise * np.float32(math.sqrt(1 - l_loc)))
+        if r_loc and l_loc:
+            z = rng.standard_normal((len(c), r_loc), dtype=np.float32) * (a_noise * np.float32(math.sqrt(l_loc)))
+            b = cl_basis[c]; o = np.argsort(b, kind='stable'); cut = np.searchsorted(b[o], np.arange(n_bases + 1))
+            for j in np.flatnonzero(np.diff(cut)): rows = o[cut[j]:cut[j + 1]]; blk[rows] += z[rows] @ bases[j]
+        blk *= spread[c, None]
         blk += centres[c]; blk += mu
         for j in range(n_mix): blk += wmix[c, j, None] * topics[cl_topic[c, j]]
         near = np.flatnonzero(rng.random(len(c)) < p.get('near_dup', 0.0))   # near copies (templated / paraphrased samples)
@@ -659,45 +683,68 @@ def bundled_geometry() -> dict:
     from importlib.resources import files
     return json.loads((files('llm_curate') / 'assets' / _GEOMETRY_FILE).read_text(encoding='utf-8'))
 
-def _stats_loss(a: dict, b: dict, k: int, w_ivf: float = 0.5) -> float:
-    "Squared differences of the neighbour-distance quantiles, plus `w_ivf` times those of the IVF recall curves."
-    ivf = w_ivf * float((np.subtract(a['ivf'], b['ivf']) ** 2).sum()) if 'ivf' in a and 'ivf' in b else 0.0
-    return float(sum((np.subtract(a[f], b[f]) ** 2).sum() for f in ('d1', f'd{k}'))) + ivf
+def _stats_loss(a: dict, b: dict, k: int, w_ivf: float = 0.5, w_join: float = 0.5) -> float:
+    "Squared differences of the neighbour-distance quantiles, plus `w_ivf` and `w_join` times those of the IVF and cell-sharing recall curves."
+    loss = float(sum((np.subtract(a[f], b[f]) ** 2).sum() for f in ('d1', f'd{k}')))
+    for f, w in (('ivf', w_ivf), ('join', w_join)):
+        if f in a and f in b: loss += w * float((np.subtract(a[f], b[f]) ** 2).sum())
+    return loss
 
-def fit_geometry(X: np.ndarray,              # (N, d) real embeddings
-                 n_fit: int = 10000,         # rows compared: a sample of X against as many generated rows
-                 k: int = 10,                # neighbours of the distance statistics
-                 seed: int = 0,              # seed
-                 rounds: int = 2,            # passes of coordinate search over the parameters
-                 init: dict | None = None,   # starting parameters (e.g. a previous fit's 'params'; None: a generic start)
-                ) -> dict:                   # `neighbour_stats` of X plus 'params' of the closest generator and its 'fit' statistics
-    "Fit `realistic_embeddings` to real embeddings: spectrum and mean copied, topic and cluster parameters by coordinate search on neighbour distances and the IVF recall curve."
-    X = check_embeddings(X)
-    rng = np.random.default_rng(seed)
-    sub = X[np.sort(rng.choice(len(X), min(n_fit, len(X)), replace=False))]
-    real = neighbour_stats(sub, k=k, seed=seed)
-    full = neighbour_stats(X, k=k, seed=seed) if len(X) > len(sub) else real
-    m = real['mean_norm']
-    geo = {**full, 'fit_n': len(sub), 'fit_real': {f: real[f] for f in ('d1', f'd{k}', 'ivf_nlist', 'ivf_probes', 'ivf')}}
-    grid = {'n_topics': [256, 512, 1024, 2048, 4096], 'n_mix': [1, 2, 3, 4], 'a_topic': [0.02, 0.05, 0.1, 0.2, 0.3, 0.45], 'a_cluster': [0.05, 0.1, 0.2, 0.3, 0.45, 0.6],
-            'per_cluster': [2, 4, 8, 16, 32, 64], 'spread_sigma': [0.0, 0.25, 0.5, 0.75], 'size_sigma': [0.0, 0.5, 1.0, 1.5],
-            'near_dup': [0.0, 0.04, 0.08, 0.12, 0.16, 0.2, 0.3], 'dup_eps': [0.1, 0.2, 0.35, 0.5, 0.7]}
-    p = {'n_topics': 256, 'n_mix': 1, 'mean': m / math.sqrt(max(1e-6, 1 - m * m)), 'a_topic': 0.1, 'a_cluster': 0.2, 'per_cluster': 8,
-         'spread_sigma': 0.25, 'size_sigma': 0.5, 'near_dup': 0.1, 'dup_eps': 0.35, **{kk: v for kk, v in (init or {}).items() if kk != 'mean'}}
+_FIT_GRID = {'n_topics': [256, 512, 1024, 2048, 4096], 'n_mix': [1, 2, 3, 4], 'a_topic': [0.02, 0.05, 0.1, 0.2, 0.3, 0.45],
+             'a_cluster': [0.05, 0.1, 0.2, 0.3, 0.45, 0.6], 'per_cluster': [2, 4, 8, 16, 32, 64, 128],
+             'cluster_growth': [0.0, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0], 'local_dim': [0, 2, 4, 8, 16, 32], 'local_share': [0.3, 0.5, 0.7, 0.85, 0.95],
+             'spread_sigma': [0.0, 0.25, 0.5, 0.75, 1.0], 'size_sigma': [0.0, 0.5, 1.0, 1.5],
+             'near_dup': [0.0, 0.04, 0.08, 0.12, 0.16, 0.2, 0.3], 'dup_eps': [0.1, 0.2, 0.35, 0.5, 0.7]}
+
+def _fit_params(real: dict, geo: dict, d: int, k: int, seed: int, rounds: int, p: dict, grid: dict) -> tuple[dict, dict]:
+    "Coordinate search over `grid` from p: the parameters whose generated rows (dimension d, at every size of `real`) are closest to `real` {n: stats}, and their stats."
     seen = {}
     def loss(q):
         key = tuple(sorted(q.items()))
         if key not in seen:
-            st = neighbour_stats(realistic_embeddings(len(sub), geometry={**geo, 'params': q}, seed=seed + 1), k=k, seed=seed)
-            seen[key] = (_stats_loss(st, real, k), st)
+            st = {n: neighbour_stats(realistic_embeddings(n, d=d, geometry={**geo, 'params': q, 'params_by_dim': {}}, seed=seed + 1), k=k, seed=seed) for n in real}
+            seen[key] = (sum(_stats_loss(st[n], real[n], k) for n in real), st)
+            logger.info('fit_geometry d=%d #%d loss %.5f %s', d, len(seen), seen[key][0], q)
         return seen[key][0]
     for _ in range(rounds):
         for name, vals in grid.items():
             ok = [v for v in vals if name not in ('a_topic', 'a_cluster') or v + p['a_cluster' if name == 'a_topic' else 'a_topic'] < 0.95]
             p = min(({**p, name: v} for v in ok), key=loss)
-    best = seen[tuple(sorted(p.items()))]
-    geo['params'] = p
-    geo['fit'] = {'loss': round(best[0], 6), 'evaluations': len(seen), 'd1': best[1]['d1'], f'd{k}': best[1][f'd{k}'], 'ivf': best[1]['ivf']}
+    best, st = seen[tuple(sorted(p.items()))]
+    fit = {'loss': round(best, 6), 'evaluations': len(seen),
+           'by_n': {str(n): {f: st[n][f] for f in ('d1', f'd{k}', 'ivf', 'join')} for n in real}}
+    return p, fit
+
+def fit_geometry(X: np.ndarray,              # (N, d) real embeddings
+                 sizes=(0.25, 1.0),          # pool sizes compared, as fractions of the distinct rows of X (nested random samples): the trend in N is fitted
+                 k: int = 10,                # neighbours of the distance statistics
+                 seed: int = 0,              # seed
+                 rounds: int = 2,            # passes of coordinate search over the parameters
+                 init: dict | None = None,   # starting parameters (e.g. a previous fit's 'params'; None: a generic start)
+                 dims=(),                    # other dimensions to fit the generator at, from the same real statistics (e.g. (1024,))
+                 grid: dict | None = None,   # {parameter: values} searched (None: `_FIT_GRID`, all of them)
+                ) -> dict:                   # `neighbour_stats` of X plus 'params' of the closest generator, its 'fit' statistics, 'params_by_dim'
+    "Fit `realistic_embeddings` to real embeddings: spectrum and mean copied; topics, clusters (and how their number grows with N), spreads and near copies by coordinate search on the neighbour distances, IVF and cell-sharing recall curves at several pool sizes."
+    X = check_embeddings(X)
+    X = X[dedupe_rows(X)[1]]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(X))
+    ns = sorted({max(1000, int(round(f * len(X)))) if f <= 1 else int(f) for f in sizes})
+    real = {n: neighbour_stats(X[np.sort(order[:n])], k=k, seed=seed) for n in ns}
+    full = real[ns[-1]] if ns[-1] == len(X) else neighbour_stats(X, k=k, seed=seed)
+    m = full['mean_norm']
+    keep = ('d1', f'd{k}', 'ivf_nlist', 'ivf_probes', 'ivf', 'join_rows_per_cell', 'join_cells', 'join_spills', 'join')
+    geo = {**full, 'fit_n': ns[-1], 'fit_sizes': ns, 'fit_real': {f: real[ns[-1]][f] for f in keep},
+           'fit_real_by_n': {str(n): {f: real[n][f] for f in keep} for n in ns}}
+    p = {'n_topics': 256, 'n_mix': 1, 'a_topic': 0.1, 'a_cluster': 0.2, 'per_cluster': 8, 'cluster_growth': 1.0, 'local_dim': 0, 'local_share': 0.5,
+         'spread_sigma': 0.25, 'size_sigma': 0.5, 'near_dup': 0.1, 'dup_eps': 0.35, **{kk: v for kk, v in (init or {}).items() if kk not in ('mean', 'n_ref')},
+         'mean': m / math.sqrt(max(1e-6, 1 - m * m)), 'n_ref': ns[-1]}
+    grid = _FIT_GRID if grid is None else grid
+    geo['params'], geo['fit'] = _fit_params(real, geo, full['dim'], k, seed, rounds, p, grid)
+    geo['params_by_dim'] = {}
+    for d in dims:   # the same real statistics, matched by rows of another dimension (the spectrum stretched to it)
+        pd_, fit = _fit_params(real, geo, int(d), k, seed, rounds, dict(geo['params']), grid)
+        geo['params_by_dim'][str(int(d))] = {'params': pd_, 'fit': fit}
     return geo
 
 # %% ../nbs/03_knn.ipynb #b132d830

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from llm_curate.knn import (knn_graph, dedupe_rows, check_embeddings, neighbour_stats, realistic_embeddings, bundled_geometry,
-                            _recall)
+                            fit_geometry, _recall)
 from llm_curate.curate import curate_scores
 
 
@@ -146,3 +146,29 @@ def test_cell_join_forced_on_a_small_pool():
     g = knn_graph(X, k=10, method='cell-join', n_eval=50)
     ge = knn_graph(X, k=10, exact=True)
     assert g.method == 'cell-join' and g.params['cells'] >= 2 and _recall(g.indices, ge.indices) >= 0.9
+
+
+def test_fit_geometry_recovers_how_clusters_grow():
+    "Rows drawn with clusters growing as N^0.4 (denser neighbourhoods in a larger pool): a fit started from clusters of a fixed size finds the growth from the two pool sizes, and gets closer."
+    from llm_curate.knn import _stats_loss
+    geo = bundled_geometry()
+    truth = {**geo['params'], 'cluster_growth': 0.4, 'n_ref': 6000, 'per_cluster': 16}
+    X = realistic_embeddings(6000, geometry={**geo, 'params': truth, 'params_by_dim': {}}, seed=3)
+    start = {**truth, 'cluster_growth': 1.0}
+    grid = {'cluster_growth': [1.0, 0.85, 0.7, 0.55, 0.4, 0.25], 'per_cluster': [16, 8, 32]}   # ties keep the start: a growth found is read off the data
+    fit = fit_geometry(X, sizes=(0.25, 1.0), rounds=1, init=start, dims=(64,), grid=grid)
+    assert fit['fit_sizes'] == [1500, 6000] and set(fit['fit_real_by_n']) == {'1500', '6000'}
+    assert fit['params']['cluster_growth'] <= 0.7, fit['params']                  # the growth is read off the trend in N
+    real = {n: fit['fit_real_by_n'][str(n)] for n in fit['fit_sizes']}
+    st0 = {n: neighbour_stats(realistic_embeddings(n, geometry={**fit, 'params': start, 'params_by_dim': {}}, seed=1)) for n in real}
+    assert fit['fit']['loss'] < sum(_stats_loss(st0[n], real[n], 10) for n in real)
+    assert set(fit['params_by_dim']) == {'64'} and realistic_embeddings(100, d=64, geometry=fit).shape == (100, 64)
+
+
+def test_join_curve_is_the_cell_joins_recall():
+    "neighbour_stats' cell-sharing curve: recall grows with the spill, and reaches 1 when every row is in every cell."
+    X = check_embeddings(clustered(3000, 16, 60, 1.0, seed=2))
+    st = neighbour_stats(X, join_spills=(1, 2, 4), rows_per_cell=500, ivf_probes=())
+    assert st['join_cells'] >= 2 and np.all(np.diff(st['join']) >= 0) and st['join'][0] < 1
+    full = neighbour_stats(X, join_spills=(1, st['join_cells']), rows_per_cell=500, ivf_probes=())
+    assert full['join'][-1] == 1.0

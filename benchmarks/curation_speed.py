@@ -133,7 +133,7 @@ def _f1(flags: np.ndarray, wrong: np.ndarray) -> float:
 def child(kind: str, n: int, d: int, k: int, real: str | None, exact_max: int, dtype: str) -> dict:
     from llm_curate.curate import ScoreCurator
     from llm_curate.synthetic import empirical_T
-    from llm_curate.knn import knn_graph, realistic_embeddings, bundled_geometry, _recall
+    from llm_curate.knn import knn_graph, realistic_embeddings, bundled_geometry, generator_params, _recall
     load0 = os.getloadavg()[0]
     t = time.perf_counter()
     if kind in ('real', 'real_approx', 'real_hnsw'):
@@ -142,8 +142,7 @@ def child(kind: str, n: int, d: int, k: int, real: str | None, exact_max: int, d
     elif kind in ('realistic', 'realistic_real_size'): X = realistic_embeddings(n, d=d or None, seed=0)
     elif kind == 'realistic_fixed_density':
         geo = bundled_geometry()
-        p = geo.get('params_by_dim', {}).get(str(d), {}).get('params', geo['params'])
-        X = realistic_embeddings(n, d=d, geometry={**geo, 'params': {**p, 'cluster_growth': 1.0}, 'params_by_dim': {}}, seed=0)
+        X = realistic_embeddings(n, d=d, geometry={**geo, 'params': {**generator_params(geo, d), 'cluster_growth': 1.0}, 'params_by_dim': {}}, seed=0)
     else: X = easy(n, d)
     if dtype == 'float16': X = X.astype(np.float16)
     n, d = X.shape

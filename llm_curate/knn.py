@@ -11,7 +11,7 @@ import pandas as pd
 from .data import need
 
 # %% auto #0
-__all__ = ['logger', 'METHODS', 'check_embeddings', 'dedupe_rows', 'KNNGraph', 'knn_graph', 'neighbour_stats',
+__all__ = ['logger', 'METHODS', 'check_embeddings', 'dedupe_rows', 'KNNGraph', 'knn_graph', 'neighbour_stats', 'generator_params',
            'realistic_embeddings', 'bundled_geometry', 'fit_geometry', 'knn_graph_ray']
 
 # %% ../nbs/03_knn.ipynb #e7a3a8ba
@@ -94,10 +94,13 @@ class KNNGraph:
         return f"KNNGraph(N={len(self.indices)}, k={self.k}, unique={self.n_unique}, method={self.method!r}{r})"
 
 # %% ../nbs/03_knn.ipynb #584ebe52
+def _import_faiss():
+    "faiss, imported with OpenMP threads that sleep when idle (spinning ones steal the cores numpy's BLAS needs next; faiss wiki, Troubleshooting)."
+    if 'faiss' not in sys.modules: os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # read once, when faiss' OpenMP starts
+    return need('faiss', 'all')
+
 def _faiss_threads():
-    if 'faiss' not in sys.modules:   # OpenMP threads that sleep when idle: spinning ones steal the cores numpy's BLAS needs next (faiss wiki, Troubleshooting)
-        os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
-    faiss = need('faiss', 'all')
+    faiss = _import_faiss()
     faiss.omp_set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())
     return faiss
 
@@ -293,6 +296,10 @@ def _nearest_cells(U: np.ndarray, cent: np.ndarray, s: int, block: int = 65536) 
     for b in range(0, len(U), block): A[b:b + block] = faiss.knn(_f32(U[b:b + block]), cent, s, faiss.METRIC_INNER_PRODUCT)[1]
     return A
 
+def _query_cells(U: np.ndarray, q: np.ndarray, true: np.ndarray, cent: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+    "The s nearest cells of the query rows q (len(q), s) and of their true neighbours (len(q), k, s), as `_coverage` reads them."
+    return _nearest_cells(U[q], cent, s), _nearest_cells(U[true.ravel()], cent, s).reshape(len(q), true.shape[1], s)
+
 def _coverage(Aq: np.ndarray, At: np.ndarray, s: int) -> float:
     "Share of the true pairs (query, neighbour) sharing one of their s nearest cells: the recall@k of the cell join, exactly."
     return float((Aq[:, None, :s, None] == At[:, :, None, :s]).any((2, 3)).mean())
@@ -320,7 +327,7 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
         t = time.perf_counter()
         A = _nearest_cells(U[S], cent, max_spill)
         assign_s = (time.perf_counter() - t) * M / len(S)
-        Aq, At = _nearest_cells(U[qt], cent, max_spill), _nearest_cells(U[true.ravel()], cent, max_spill).reshape(len(qt), k, -1)
+        Aq, At = _query_cells(U, qt, true, cent, max_spill)
         for s in range(1, max_spill + 1):               # the smallest spill reaching the aim: a larger one only costs more
             rec = _coverage(Aq, At, s)
             if rec >= aim: break
@@ -608,7 +615,7 @@ def _join_curve(U: np.ndarray, q: np.ndarray, true: np.ndarray, spills, rows_per
     "Recall@k of the cell join for queries q (exact neighbours `true`): k-means cells of `rows_per_cell` rows on average (`_kmeans_cells`), each row in its s nearest, per spill s."
     cent = _kmeans_cells(U, max(2, int(round(len(U) / rows_per_cell))), np.random.default_rng(seed))
     s_max = int(max(spills))
-    Aq, At = _nearest_cells(U[q], cent, s_max), _nearest_cells(U[true.ravel()], cent, s_max).reshape(len(q), true.shape[1], -1)
+    Aq, At = _query_cells(U, q, true, cent, s_max)
     return {'join_rows_per_cell': int(rows_per_cell), 'join_cells': int(len(cent)), 'join_spills': [int(s) for s in spills],
             'join': [round(_coverage(Aq, At, int(s)), 4) for s in spills]}
 
@@ -618,6 +625,12 @@ def _stretch(spectrum, d: int) -> np.ndarray:
     x = (np.arange(d) + 0.5) / d
     out = np.exp(np.interp(x, (np.arange(len(s)) + 0.5) / len(s), np.log(np.maximum(s, 1e-12))))
     return out / out.sum()
+
+def generator_params(geo: dict,  # from `fit_geometry` / `bundled_geometry`
+                     d: int,     # dimension of the rows to generate
+                    ) -> dict:   # parameters of `realistic_embeddings`
+    "The generator's parameters at dimension d: those fitted at d (`params_by_dim`) if the geometry has them, else its own."
+    return geo.get('params_by_dim', {}).get(str(int(d)), {}).get('params', geo['params'])
 
 def realistic_embeddings(n: int,                 # rows
                          d: int | None = None,   # dimension (None: the fitted geometry's, 384 for the bundled MiniLM fit)
@@ -630,7 +643,7 @@ def realistic_embeddings(n: int,                 # rows
     "Unit-norm embeddings whose PCA spectrum, neighbour distances and clusterability follow real ones: topic mixtures, clusters, per-cluster spreads and near copies on the fitted spectrum."
     geo = geometry or bundled_geometry()
     d = int(d or geo['dim'])
-    p = geo.get('params_by_dim', {}).get(str(d), {}).get('params', geo['params'])   # parameters fitted at this dimension, if any
+    p = generator_params(geo, d)
     rng = np.random.default_rng(seed)
     sd = np.sqrt(_stretch(geo['spectrum'], d)).astype(np.float32)       # per-axis standard deviations
     n_topics = int(p['n_topics'])

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 from .data import need, atomic_files, read_table, sample_ids, has_messages, sample_messages, align_ids, id_keys
-from .knn import check_embeddings
+from .knn import check_embeddings, _import_faiss
 from .curate import longtail_score
 from .signals import response_perplexity, less_scores  # re-exported: they lived here
 from .synthetic import rater_like_T, SyntheticPool, synthetic_pool, kmeans_labels, selection_quality  # re-exported
@@ -421,7 +421,7 @@ def diversity_walk(X: np.ndarray,       # (N, d) embeddings (normalised here)
                    block: int = 512,    # candidates settled per index search
                   ) -> tuple[np.ndarray, np.ndarray]: # accepted positions, and their distance to the nearest earlier-accepted (inf for the first)
     "DEITA's representation filter: accept candidates in order whose nearest accepted neighbour is farther than `tau`."
-    faiss = need('faiss', 'all')
+    faiss = _import_faiss()
     Xn = np.ascontiguousarray(check_embeddings(X, 'X'))  # unit rows; a zero row is an error
     index = faiss.IndexFlatIP(Xn.shape[1])
     acc, dist = [], []

@@ -7,8 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np
 import pandas as pd
-from .data import need
-from .knn import check_embeddings
+from .knn import check_embeddings, _import_faiss
 
 # %% auto #0
 __all__ = ['make_noisy_scores', 'ordinal_noise', 'empirical_T', 'lenient_noise', 'noisy_ratings', 'rater_like_T', 'SyntheticPool',
@@ -152,7 +151,7 @@ def kmeans_labels(X: np.ndarray,      # (N, d) embeddings
                   niter: int = 20,    # k-means iterations
                  ) -> np.ndarray:     # (N,) cluster of each row
     "Spherical k-means clusters of the rows of `X` (faiss)."
-    faiss = need('faiss', 'all')
+    faiss = _import_faiss()
     Xn = np.ascontiguousarray(check_embeddings(X, 'X'))  # unit rows; a zero row is an error
     km = faiss.Kmeans(Xn.shape[1], int(k), niter=niter, seed=seed, spherical=True, verbose=False)
     km.train(Xn)

@@ -165,7 +165,7 @@ def test_fit_geometry_recovers_how_clusters_grow():
     assert set(fit['params_by_dim']) == {'64'} and realistic_embeddings(100, d=64, geometry=fit).shape == (100, 64)
 
 
-def test_join_curve_is_the_cell_joins_recall():
+def test_join_curve_grows_with_the_spill():
     "neighbour_stats' cell-sharing curve: recall grows with the spill, and reaches 1 when every row is in every cell."
     X = check_embeddings(clustered(3000, 16, 60, 1.0, seed=2))
     st = neighbour_stats(X, join_spills=(1, 2, 4), rows_per_cell=500, ivf_probes=())

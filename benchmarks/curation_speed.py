@@ -263,7 +263,10 @@ def main(argv=None):
     ap.add_argument('--fit-rounds', type=int, default=2, help='--fit-geometry: passes of coordinate search')
     ap.add_argument('--fit-init', help='--fit-geometry: starting parameters (JSON object)')
     ap.add_argument('--fit-dims', default='1024', help='--fit-geometry: other dimensions to fit the generator at (comma-separated, "" for none)')
-    ap.add_argument('--fit-sizes', default='0.25,1', help='--fit-geometry: pool sizes compared (fractions of the real rows)')
+    ap.add_argument('--fit-sizes', default='0.125,0.25,0.5,1', help='--fit-geometry: pool sizes compared (fractions of the real rows)')
+    ap.add_argument('--fit-grid', help='--fit-geometry: {parameter: values} searched (JSON object; default: all of knn._FIT_GRID)')
+    ap.add_argument('--fit-dims-grid', help='--fit-geometry: the grid searched at --fit-dims, from the fit at 384 (JSON object; default: --fit-grid)')
+    ap.add_argument('--fit-fresh', action='store_true', help='--fit-geometry: generate a pool per size (fits cluster_growth) instead of nested samples of one pool')
     ap.add_argument('--child', nargs=3, metavar=('KIND', 'N', 'D'), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.table:
@@ -280,7 +283,9 @@ def main(argv=None):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format='%(asctime)s %(name)s %(message)s')
         X = np.load(a.real)
         geo = fit_geometry(X[:a.real_n] if a.real_n else X, rounds=a.fit_rounds, init=json.loads(a.fit_init) if a.fit_init else None,
-                           sizes=tuple(float(f) for f in a.fit_sizes.split(',')), dims=tuple(int(x) for x in a.fit_dims.split(',') if x))
+                           sizes=tuple(float(f) for f in a.fit_sizes.split(',')), dims=tuple(int(x) for x in a.fit_dims.split(',') if x),
+                           grid=json.loads(a.fit_grid) if a.fit_grid else None, nested=not a.fit_fresh,
+                           dims_grid=json.loads(a.fit_dims_grid) if a.fit_dims_grid else None)
         geo['source'] = ('MiniLM (all-MiniLM-L6-v2, first %d tokens) embeddings of the shared real texts: ' % a.max_seq_length
                          + ', '.join(s for s, _ in SOURCES))
         geo['fit_procedure'] = 'python benchmarks/curation_speed.py ' + ' '.join(sys.argv[1:] if argv is None else argv)

@@ -632,6 +632,20 @@ def generator_params(geo: dict,  # from `fit_geometry` / `bundled_geometry`
     "The generator's parameters at dimension d: those fitted at d (`params_by_dim`) if the geometry has them, else its own."
     return geo.get('params_by_dim', {}).get(str(int(d)), {}).get('params', geo['params'])
 
+def _families(near: np.ndarray, m: int, p: dict, rng) -> tuple[np.ndarray, np.ndarray]:
+    "Parents (rows of the block not copied) and noise scales of the near copies `near` of an m-row block: uniform parents, or families of ~`family_size` copies around shared roots (log-normal popularity and spread)."
+    fam = float(p.get('family_size', 1.0))
+    if fam <= 1:  # each copy of its own random row
+        return rng.integers(0, m, len(near)), np.full(len(near), p['dup_eps'], np.float32)
+    free = np.setdiff1d(np.arange(m), near, assume_unique=True)
+    if not len(free): free = np.arange(m)
+    roots = rng.choice(free, min(len(free), max(1, int(round(len(near) / fam)))), replace=False)
+    w = np.exp(p.get('family_sigma', 0.0) * rng.standard_normal(len(roots))); w /= w.sum()
+    f = rng.choice(len(roots), len(near), p=w)
+    sg = p.get('dup_sigma', 0.0)
+    eps = p['dup_eps'] * np.exp(sg * rng.standard_normal(len(roots)) - sg * sg / 2)   # each family its own spread, mean dup_eps
+    return roots[f], eps[f].astype(np.float32)
+
 def realistic_embeddings(n: int,                 # rows
                          d: int | None = None,   # dimension (None: the fitted geometry's, 384 for the bundled MiniLM fit)
                          geometry: dict | None = None,  # from `fit_geometry` (None: the bundled fit to MiniLM embeddings of real texts)
@@ -663,7 +677,8 @@ def realistic_embeddings(n: int,                 # rows
     w = np.exp(p['size_sigma'] * rng.standard_normal(n_clusters)); w /= w.sum()
     cl = rng.choice(n_clusters, n, p=w)
     a_noise = np.float32(math.sqrt(max(1e-6, 1 - p['a_topic'] - p['a_cluster'])))
-    r_loc, l_loc = int(p.get('local_dim', 0)), float(p.get('local_share', 0.0))   # low-dimensional variation inside each cluster
+    r_loc = int(p.get('local_dim', 0))                                  # low-dimensional variation inside each cluster (its share l_loc)
+    l_loc = float(p.get('local_share', 0.0)) if r_loc else 0.0
     if r_loc and l_loc:
         n_bases = min(n_clusters, 256)                                 # a pool of r-dim local subspaces on the spectrum, one drawn per cluster
         bases = rng.standard_normal((n_bases, r_loc, d), dtype=np.float32) * (sd / np.float32(math.sqrt(r_loc)))
@@ -682,8 +697,9 @@ def realistic_embeddings(n: int,                 # rows
         for j in range(n_mix): blk += wmix[c, j, None] * topics[cl_topic[c, j]]
         near = np.flatnonzero(rng.random(len(c)) < p.get('near_dup', 0.0))   # near copies (templated / paraphrased samples)
         if len(near):
-            parent = rng.integers(0, len(c), len(near))
-            blk[near] = blk[parent] + np.float32(p['dup_eps']) * a_noise * sd * rng.standard_normal((len(near), d), dtype=np.float32)
+            parent, eps = _families(near, len(c), p, rng)
+            blk[near] = blk[parent] + (eps[:, None] * a_noise) * sd * rng.standard_normal((len(near), d), dtype=np.float32)
+            cl[s + near] = cl[s + parent]
         blk /= np.linalg.norm(blk, axis=1, keepdims=True)
         X[s:s + len(c)] = blk
     return (X, cl) if return_clusters else X
@@ -707,22 +723,43 @@ _FIT_GRID = {'n_topics': [256, 512, 1024, 2048, 4096], 'n_mix': [1, 2, 3, 4], 'a
              'a_cluster': [0.05, 0.1, 0.2, 0.3, 0.45, 0.6], 'per_cluster': [2, 4, 8, 16, 32, 64, 128],
              'cluster_growth': [0.0, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0], 'local_dim': [0, 2, 4, 8, 16, 32], 'local_share': [0.3, 0.5, 0.7, 0.85, 0.95],
              'spread_sigma': [0.0, 0.25, 0.5, 0.75, 1.0], 'size_sigma': [0.0, 0.5, 1.0, 1.5],
-             'near_dup': [0.0, 0.04, 0.08, 0.12, 0.16, 0.2, 0.3], 'dup_eps': [0.1, 0.2, 0.35, 0.5, 0.7]}
+             'near_dup': [0.0, 0.04, 0.08, 0.12, 0.16, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], 'dup_eps': [0.1, 0.2, 0.35, 0.5, 0.7],
+             'family_size': [1, 2, 3, 5, 8, 16], 'family_sigma': [0.0, 0.5, 1.0, 1.5], 'dup_sigma': [0.0, 0.5, 1.0, 1.5]}
 
-def _fit_params(real: dict, geo: dict, d: int, k: int, seed: int, rounds: int, p: dict, grid: dict) -> tuple[dict, dict]:
+_FIT_JOINT = (('near_dup', 'family_size'),)   # parameters searched together: the share of near copies and their families trade off
+
+def _search_steps(grid: dict) -> list[tuple]:
+    "The coordinate search's steps over `grid`, in its order: a parameter alone, or a `_FIT_JOINT` group (at its first member) when all of it is searched."
+    steps, done = [], set()
+    for name in grid:
+        if name in done: continue
+        g = next((g for g in _FIT_JOINT if name in g and all(m in grid for m in g)), (name,))
+        steps.append(g); done.update(g)
+    return steps
+
+def _generated_stats(q: dict, geo: dict, d: int, ns, k: int, seed: int, nested: bool) -> dict:
+    "`neighbour_stats` {n: stats} of generated rows with parameters q at the sizes ns: nested random samples of one pool of the largest size (as the real ones are), or a pool generated at each size."
+    g = {**geo, 'params': q, 'params_by_dim': {}}
+    if not nested: return {n: neighbour_stats(realistic_embeddings(n, d=d, geometry=g, seed=seed + 1), k=k, seed=seed) for n in ns}
+    G = realistic_embeddings(max(ns), d=d, geometry=g, seed=seed + 1)
+    order = np.random.default_rng(seed).permutation(len(G))
+    return {n: neighbour_stats(G[np.sort(order[:n])], k=k, seed=seed) for n in ns}
+
+def _fit_params(real: dict, geo: dict, d: int, k: int, seed: int, rounds: int, p: dict, grid: dict, nested: bool = True) -> tuple[dict, dict]:
     "Coordinate search over `grid` from p: the parameters whose generated rows (dimension d, at every size of `real`) are closest to `real` {n: stats}, and their stats."
     seen = {}
     def loss(q):
         key = tuple(sorted(q.items()))
         if key not in seen:
-            st = {n: neighbour_stats(realistic_embeddings(n, d=d, geometry={**geo, 'params': q, 'params_by_dim': {}}, seed=seed + 1), k=k, seed=seed) for n in real}
+            st = _generated_stats(q, geo, d, list(real), k, seed, nested)
             seen[key] = (sum(_stats_loss(st[n], real[n], k) for n in real), st)
             logger.info('fit_geometry d=%d #%d loss %.5f %s', d, len(seen), seen[key][0], q)
         return seen[key][0]
     for _ in range(rounds):
-        for name, vals in grid.items():
-            ok = [v for v in vals if name not in ('a_topic', 'a_cluster') or v + p['a_cluster' if name == 'a_topic' else 'a_topic'] < 0.95]
-            p = min(({**p, name: v} for v in ok), key=loss)
+        for names in _search_steps(grid):   # one parameter at a time; coupled ones (`_FIT_JOINT`) together, over their grids' product
+            moves = [dict(zip(names, vs)) for vs in itertools.product(*(grid[nm] for nm in names))]
+            cands = [q for q in ({**p, **m} for m in moves) if q['a_topic'] + q['a_cluster'] < 0.95]   # some variance left for the noise
+            p = min(cands, key=loss)
     best, st = seen[tuple(sorted(p.items()))]
     fit = {'loss': round(best, 6), 'evaluations': len(seen),
            'by_n': {str(n): {f: st[n][f] for f in ('d1', f'd{k}', 'ivf', 'join')} for n in real}}
@@ -736,8 +773,10 @@ def fit_geometry(X: np.ndarray,              # (N, d) real embeddings
                  init: dict | None = None,   # starting parameters (e.g. a previous fit's 'params'; None: a generic start)
                  dims=(),                    # other dimensions to fit the generator at, from the same real statistics (e.g. (1024,))
                  grid: dict | None = None,   # {parameter: values} searched (None: `_FIT_GRID`, all of them)
+                 nested: bool = True,        # generated pools nested samples of one pool, as the real ones are (False: one pool per size; fits `cluster_growth`)
+                 dims_grid: dict | None = None,  # the grid searched at the other dimensions, from the fit at d (None: `grid`)
                 ) -> dict:                   # `neighbour_stats` of X plus 'params' of the closest generator, its 'fit' statistics, 'params_by_dim'
-    "Fit `realistic_embeddings` to real embeddings: spectrum and mean copied; topics, clusters (and how their number grows with N), spreads and near copies by coordinate search on the neighbour distances, IVF and cell-sharing recall curves at several pool sizes."
+    "Fit `realistic_embeddings` to real embeddings: spectrum and mean copied; topics, clusters, spreads and families of near copies by coordinate search on the neighbour distances, IVF and cell-sharing recall curves of nested samples of several sizes."
     X = check_embeddings(X)
     X = X[dedupe_rows(X)[1]]
     rng = np.random.default_rng(seed)
@@ -753,10 +792,12 @@ def fit_geometry(X: np.ndarray,              # (N, d) real embeddings
          'spread_sigma': 0.25, 'size_sigma': 0.5, 'near_dup': 0.1, 'dup_eps': 0.35, **{kk: v for kk, v in (init or {}).items() if kk not in ('mean', 'n_ref')},
          'mean': m / math.sqrt(max(1e-6, 1 - m * m)), 'n_ref': ns[-1]}
     grid = _FIT_GRID if grid is None else grid
-    geo['params'], geo['fit'] = _fit_params(real, geo, full['dim'], k, seed, rounds, p, grid)
+    if nested: grid = {kk: v for kk, v in grid.items() if kk != 'cluster_growth'}   # nested samples of one pool cannot tell how clusters grow
+    geo['params'], geo['fit'] = _fit_params(real, geo, full['dim'], k, seed, rounds, p, grid, nested)
+    geo['fit_options'] = {'sizes': ns, 'nested': bool(nested), 'rounds': int(rounds), 'k': int(k), 'seed': int(seed)}
     geo['params_by_dim'] = {}
     for d in dims:   # the same real statistics, matched by rows of another dimension (the spectrum stretched to it)
-        pd_, fit = _fit_params(real, geo, int(d), k, seed, rounds, dict(geo['params']), grid)
+        pd_, fit = _fit_params(real, geo, int(d), k, seed, rounds, dict(geo['params']), grid if dims_grid is None else dims_grid, nested)
         geo['params_by_dim'][str(int(d))] = {'params': pd_, 'fit': fit}
     return geo
 

@@ -116,21 +116,29 @@ def _cum(s):
 
 
 def test_generator_matches_real_geometry():
-    "Spectrum and nearest-neighbour distances of generated rows vs the real MiniLM ones (bundled fit), tolerances stated."
+    "Spectrum, neighbour distances and clusterability of nested samples of generated rows vs those of the real MiniLM ones (bundled fit), tolerances stated; the pool densifies as it grows as the real one does."
     geo = bundled_geometry()
     X = realistic_embeddings(geo['fit_n'], seed=7)
-    st = neighbour_stats(X, k=geo['k'])
-    assert np.abs(_cum(st['spectrum']) - _cum(geo['spectrum'])).max() <= 0.05          # cumulative variance within 5 points
-    assert abs(st['dims_for_90pct'] - geo['dims_for_90pct']) <= 0.15 * geo['dims_for_90pct']
-    for f in ('d1', f"d{geo['k']}"):                                                   # NN distance quantiles within 0.08
-        assert np.abs(np.subtract(st[f], geo['fit_real'][f])).max() <= 0.08, (f, st[f], geo['fit_real'][f])
-    assert np.abs(np.subtract(st['ivf'], geo['fit_real']['ivf'])).max() <= 0.15, (st['ivf'], geo['fit_real']['ivf'])  # clusterability
-    # the easy case (tight clusters) fails the same test, and so does the previous fit (256 single topics): the test can tell
+    order = np.random.default_rng(0).permutation(len(X))
+    st = {n: neighbour_stats(X[np.sort(order[:n])], k=geo['k']) for n in geo['fit_sizes']}
+    top = st[geo['fit_n']]
+    assert np.abs(_cum(top['spectrum']) - _cum(geo['spectrum'])).max() <= 0.08          # cumulative variance within 8 points
+    assert abs(top['dims_for_90pct'] - geo['dims_for_90pct']) <= 0.15 * geo['dims_for_90pct']
+    for n in geo['fit_sizes']:
+        r = geo['fit_real_by_n'][str(n)]
+        for f in ('d1', f"d{geo['k']}"):                                               # NN distance quantiles within 0.1
+            assert np.abs(np.subtract(st[n][f], r[f])).max() <= 0.1, (n, f, st[n][f], r[f])
+        for f, tol in (('ivf', 0.2), ('join', 0.2)):                                  # clusterability, cell sharing
+            assert np.abs(np.subtract(st[n][f], r[f])).max() <= tol, (n, f, st[n][f], r[f])
+    dens = lambda a, b: a['d1'][3] / b['d1'][3]
+    real_small, real_full = (geo['fit_real_by_n'][str(n)] for n in (geo['fit_sizes'][0], geo['fit_n']))
+    assert 2 <= dens(st[geo['fit_sizes'][0]], top) <= 2 * dens(real_small, real_full)
+    # the easy case (tight clusters) fails, and so do near copies without families: the test can tell
     E = check_embeddings(clustered(geo['fit_n'], geo['dim'], geo['fit_n'] // 20, 0.7))
-    se = neighbour_stats(E, k=geo['k'])
-    assert np.abs(np.subtract(se['d1'], geo["fit_real"]["d1"])).max() > 0.08
-    old = realistic_embeddings(geo['fit_n'], geometry={**geo, 'params': {**geo['params'], 'n_topics': 256, 'n_mix': 1}}, seed=7)
-    assert np.abs(np.subtract(neighbour_stats(old, k=geo['k'])['ivf'], geo['fit_real']['ivf'])).max() > 0.15
+    assert np.abs(np.subtract(neighbour_stats(E, k=geo['k'])['d1'], real_full['d1'])).max() > 0.1
+    old = realistic_embeddings(geo['fit_n'], geometry={**geo, 'params': {**geo['params'], 'near_dup': 0.16, 'family_size': 1}}, seed=7)
+    so = [neighbour_stats(old[np.sort(order[:n])], k=geo['k'], ivf_probes=(), join_spills=()) for n in (geo['fit_sizes'][0], geo['fit_n'])]
+    assert dens(*so) < 2
 
 
 def test_generator_shapes_and_dtypes():
@@ -156,13 +164,26 @@ def test_fit_geometry_recovers_how_clusters_grow():
     X = realistic_embeddings(6000, geometry={**geo, 'params': truth, 'params_by_dim': {}}, seed=3)
     start = {**truth, 'cluster_growth': 1.0}
     grid = {'cluster_growth': [1.0, 0.85, 0.7, 0.55, 0.4, 0.25], 'per_cluster': [16, 8, 32]}   # ties keep the start: a growth found is read off the data
-    fit = fit_geometry(X, sizes=(0.25, 1.0), rounds=1, init=start, dims=(64,), grid=grid)
+    fit = fit_geometry(X, sizes=(0.25, 1.0), rounds=1, init=start, dims=(64,), grid=grid, nested=False)   # a pool per size: the growth is fitted
     assert fit['fit_sizes'] == [1500, 6000] and set(fit['fit_real_by_n']) == {'1500', '6000'}
     assert fit['params']['cluster_growth'] <= 0.7, fit['params']                  # the growth is read off the trend in N
     real = {n: fit['fit_real_by_n'][str(n)] for n in fit['fit_sizes']}
     st0 = {n: neighbour_stats(realistic_embeddings(n, geometry={**fit, 'params': start, 'params_by_dim': {}}, seed=1)) for n in real}
     assert fit['fit']['loss'] < sum(_stats_loss(st0[n], real[n], 10) for n in real)
     assert set(fit['params_by_dim']) == {'64'} and realistic_embeddings(100, d=64, geometry=fit).shape == (100, 64)
+
+
+def test_fit_geometry_reads_families_off_nested_samples():
+    "Near copies in families (a templated prompt, its variants): a pool's nested samples get denser as they grow, because a sample keeps fewer of each family; a nested fit reads the family size and share off that trend."
+    geo = bundled_geometry()
+    truth = {**geo['params'], 'near_dup': 0.5, 'family_size': 5, 'dup_eps': 0.35, 'dup_sigma': 0.5, 'family_sigma': 0.5}
+    X = realistic_embeddings(4000, geometry={**geo, 'params': truth, 'params_by_dim': {}}, seed=3)
+    part = neighbour_stats(X[:1000], ivf_probes=(), join_spills=())['d1'][3]
+    assert neighbour_stats(X, ivf_probes=(), join_spills=())['d1'][3] < 0.6 * part        # denser as the pool grows: the families fill in
+    grid = {'near_dup': [0.16, 0.3, 0.5, 0.7], 'family_size': [1, 2, 5, 16]}   # the share first: from copies without families, more of them fit better
+    fit = fit_geometry(X, sizes=(0.25, 1.0), rounds=1, init={**truth, 'near_dup': 0.16, 'family_size': 1}, grid=grid)
+    assert fit['fit_options']['nested'] and 'cluster_growth' not in grid
+    assert (fit['params']['family_size'], fit['params']['near_dup']) == (5, 0.5), fit['params']
 
 
 def test_join_curve_grows_with_the_spill():

@@ -17,7 +17,7 @@ from .data import align_ids
 from .synthetic import make_noisy_scores, ordinal_noise, empirical_T  # re-exported: they lived here
 
 # %% auto #0
-__all__ = ['logger', 'LOW_CLUSTERABILITY', 'check_scores', 'consensus_counts', 'hoc_loss_grad', 'fit_transition',
+__all__ = ['logger', 'LOW_CLUSTERABILITY', 'check_scores', 'consensus_counts', 'hoc_loss_grad', 'match_levels', 'fit_transition',
            'neighbour_votes', 'flag_fraction', 'longtail_score', 'share_loss_grad', 'fit_noise_model',
            'near_pair_agreement', 'closest_pairs_check', 'self_agreement', 'cap_noise', 'share_by_rank',
            'neighbour_loglik', 'fit_temperature', 'posterior_levels', 'predictive_noise_scale', 'ScoreCurator',
@@ -130,12 +130,45 @@ def hoc_loss_grad(A: np.ndarray,  # (K, K) logits of T
     return sum(nrm), dA, db
 
 # %% ../nbs/04_curate.ipynb #4c285ffd
+def _min_cost_assignment(C: np.ndarray) -> np.ndarray:
+    "Column of each row in the assignment of least total cost of a square cost matrix (Hungarian method, O(K^3))."
+    n = len(C)
+    u, v, way, p = np.zeros(n + 1), np.zeros(n + 1), np.zeros(n + 1, np.int64), np.zeros(n + 1, np.int64)  # p[j]: row matched to column j (1-based, 0 = none)
+    for i in range(1, n + 1):   # add one row at a time along a shortest augmenting path: K^2 work each, K <= ~10
+        p[0], j0 = i, 0
+        minv, used = np.full(n + 1, np.inf), np.zeros(n + 1, bool)
+        while True:
+            used[j0] = True
+            i0, free = p[j0], np.flatnonzero(~used[1:]) + 1
+            cur = C[i0 - 1, free - 1] - u[i0] - v[free]
+            better = cur < minv[free]
+            minv[free[better]], way[free[better]] = cur[better], j0
+            j1 = free[int(np.argmin(minv[free]))]
+            delta = minv[j1]
+            u[p[used]] += delta; v[used] -= delta; minv[~used] -= delta
+            j0 = j1
+            if p[j0] == 0: break
+        while j0:   # flip the augmenting path
+            j1 = way[j0]; p[j0] = p[j1]; j0 = j1
+    col = np.empty(n, np.int64); col[p[1:] - 1] = np.arange(n)
+    return col
+
+def match_levels(T: np.ndarray,  # (K, K) fitted transition matrix, rows = latent classes
+                 p: np.ndarray,  # (K,) their prior
+                ) -> np.ndarray:  # (K,) permutation pi: latent class pi[i] is named true level i
+    "Name the latent classes of a fit by the rated levels: the permutation that maximises sum_i p[pi_i] T[pi_i, i] (the least noise)."
+    W = p[:, None] * np.asarray(T, float)              # W[k, i] = P(latent k, rated i)
+    col = _min_cost_assignment(-W)                     # latent class k -> rated level col[k]
+    pi = np.argsort(col)
+    K = len(p)
+    return pi if W[pi, np.arange(K)].sum() > W[np.arange(K), np.arange(K)].sum() + 1e-12 else np.arange(K)   # ties keep the labels as fitted
+
 def fit_transition(c: tuple,              # (c1, c2, c3) consensus from `consensus_counts`
                    steps: int = 1501,     # Adam steps
                    lr: float = 0.1,       # Adam learning rate
                    init_diag: float = 5.0,  # A0 = init_diag * I - 1
                   ) -> tuple[np.ndarray, np.ndarray, float]:  # T (K, K) rows sum to 1, p (K,), best loss
-    "Fit (T, p) to the consensus counts by Adam on row-softmax logits, keeping the best iterate."
+    "Fit (T, p) to the consensus counts by Adam on row-softmax logits, keeping the best iterate; latent classes named by `match_levels`."
     K = len(c[0])
     A, b = init_diag * np.eye(K) - 1, np.zeros(K)
     mA, vA, mb, vb = np.zeros_like(A), np.zeros_like(A), np.zeros_like(b), np.zeros_like(b)
@@ -149,7 +182,9 @@ def fit_transition(c: tuple,              # (c1, c2, c3) consensus from `consens
         A = A - lr * (mA / (1 - b1 ** t)) / (np.sqrt(vA / (1 - b2 ** t)) + eps)
         b = b - lr * (mb / (1 - b1 ** t)) / (np.sqrt(vb / (1 - b2 ** t)) + eps)
     loss, A, b = best
-    return _softmax(A, 1), _softmax(b), float(loss)
+    T, p = _softmax(A, 1), _softmax(b)
+    pi = match_levels(T, p)
+    return T[pi], p[pi], float(loss)
 
 # %% ../nbs/04_curate.ipynb #2206b966
 def neighbour_votes(y: np.ndarray,         # (N,) rated levels
@@ -226,11 +261,12 @@ def share_loss_grad(A: np.ndarray,  # (K, K) logits of T
 
 def fit_noise_model(c: tuple,              # (c1, c2, c3) consensus from `consensus_counts`
                     steps: int = 1501,     # Adam steps (per start)
-                    lr: float = 0.1,       # Adam learning rate
+                    lr: float = 0.1,       # Adam learning rate (at the start: decayed to 0 when `decay`)
                     init_diag: float = 5.0,  # A0 = init_diag * I - 1
                     starts: tuple = (3.0, 0.0),  # initial logits of rho (0.95 and 0.5); the best fit is kept
+                    decay: bool = True,    # cosine decay of the learning rate to 0 over the steps, so each start ends converged
                    ) -> tuple[np.ndarray, np.ndarray, float, float]:  # T (K, K), p (K,), rho in [0, 1], best loss
-    "Fit (T, p) and the share probability rho to the consensus counts by Adam, keeping the best iterate of the best start."
+    "Fit (T, p) and the share probability rho to the consensus counts by Adam, keeping the best iterate of the best start; latent classes named by `match_levels`."
     K, best = len(c[0]), (np.inf, None)
     b1, b2, eps = 0.9, 0.999, 1e-8
     for s0 in starts:
@@ -239,11 +275,14 @@ def fit_noise_model(c: tuple,              # (c1, c2, c3) consensus from `consen
         for t in range(1, steps + 1):  # optimiser steps: K^3 work each, nothing per sample
             loss, *g = share_loss_grad(*x, c)
             if loss < best[0]: best = (loss, [a.copy() for a in x])
+            lr_t = lr * 0.5 * (1 + np.cos(np.pi * t / steps)) if decay else lr
             for i in range(3):
                 m[i] = b1 * m[i] + (1 - b1) * g[i]; v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i]
-                x[i] = x[i] - lr * (m[i] / (1 - b1 ** t)) / (np.sqrt(v[i] / (1 - b2 ** t)) + eps)
+                x[i] = x[i] - lr_t * (m[i] / (1 - b1 ** t)) / (np.sqrt(v[i] / (1 - b2 ** t)) + eps)
     loss, (A, b, s) = best
-    return _softmax(A, 1), _softmax(b), float(1 / (1 + np.exp(-s))), float(loss)
+    T, p = _softmax(A, 1), _softmax(b)
+    pi = match_levels(T, p)   # the loss is the same under any renaming of the latent classes: name them by the rated levels
+    return T[pi], p[pi], float(1 / (1 + np.exp(-s))), float(loss)
 
 
 # %% ../nbs/04_curate.ipynb #5078d0de

@@ -108,9 +108,10 @@ def test_low_clusterability_is_said_and_changes_little():
     assert 'warning: Neighbours share' in summary(clean)
     noisy = curate_scores(X, rated, graph=g)
     assert (noisy.frame.curated_score == y).mean() >= (rated == y).mean() - 0.005
-    # without the bound by the closest pairs (and the model checks), the same curator rewrites a third of the ratings and halves the accuracy
+    # without the bound by the closest pairs (and the model checks), the same curator lowers the accuracy (0.696 -> 0.647 with the
+    # converged HOC fit of issue 13; 0.59 with the old constant-step fit)
     loose = curate_scores(X, rated, graph=g, near_pairs=None, noise_z=None, pairs_z=None)
-    assert (loose.frame.curated_score == y).mean() < (rated == y).mean() - 0.1
+    assert (loose.frame.curated_score == y).mean() < (rated == y).mean() - 0.03
 
 
 def test_noise_model_recovers_share_probability():

@@ -737,13 +737,16 @@ def _search_steps(grid: dict) -> list[tuple]:
         steps.append(g); done.update(g)
     return steps
 
+def _nested_stats(X: np.ndarray, ns, k: int, seed: int, **kw) -> dict:
+    "`neighbour_stats` {n: stats} (more arguments `kw`) of nested random samples of the rows of X, one of each size in ns (the first n of one permutation, in row order)."
+    order = np.random.default_rng(seed).permutation(len(X))
+    return {n: neighbour_stats(X[np.sort(order[:n])], k=k, seed=seed, **kw) for n in ns}
+
 def _generated_stats(q: dict, geo: dict, d: int, ns, k: int, seed: int, nested: bool) -> dict:
     "`neighbour_stats` {n: stats} of generated rows with parameters q at the sizes ns: nested random samples of one pool of the largest size (as the real ones are), or a pool generated at each size."
     g = {**geo, 'params': q, 'params_by_dim': {}}
     if not nested: return {n: neighbour_stats(realistic_embeddings(n, d=d, geometry=g, seed=seed + 1), k=k, seed=seed) for n in ns}
-    G = realistic_embeddings(max(ns), d=d, geometry=g, seed=seed + 1)
-    order = np.random.default_rng(seed).permutation(len(G))
-    return {n: neighbour_stats(G[np.sort(order[:n])], k=k, seed=seed) for n in ns}
+    return _nested_stats(realistic_embeddings(max(ns), d=d, geometry=g, seed=seed + 1), ns, k, seed)
 
 def _fit_params(real: dict, geo: dict, d: int, k: int, seed: int, rounds: int, p: dict, grid: dict, nested: bool = True) -> tuple[dict, dict]:
     "Coordinate search over `grid` from p: the parameters whose generated rows (dimension d, at every size of `real`) are closest to `real` {n: stats}, and their stats."
@@ -779,10 +782,8 @@ def fit_geometry(X: np.ndarray,              # (N, d) real embeddings
     "Fit `realistic_embeddings` to real embeddings: spectrum and mean copied; topics, clusters, spreads and families of near copies by coordinate search on the neighbour distances, IVF and cell-sharing recall curves of nested samples of several sizes."
     X = check_embeddings(X)
     X = X[dedupe_rows(X)[1]]
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(X))
     ns = sorted({max(1000, int(round(f * len(X)))) if f <= 1 else int(f) for f in sizes})
-    real = {n: neighbour_stats(X[np.sort(order[:n])], k=k, seed=seed) for n in ns}
+    real = _nested_stats(X, ns, k, seed)
     full = real[ns[-1]] if ns[-1] == len(X) else neighbour_stats(X, k=k, seed=seed)
     m = full['mean_norm']
     keep = ('d1', f'd{k}', 'ivf_nlist', 'ivf_probes', 'ivf', 'join_rows_per_cell', 'join_cells', 'join_spills', 'join')

@@ -11,6 +11,9 @@ Data, each case in a fresh child process (so its peak RSS is its own):
   very plan the cost model makes (cells, spill, recall);
 - `realistic`: `llm_curate.knn.realistic_embeddings`, the generator fitted to those real embeddings (spectrum stretched to d;
   parameters fitted at d itself where the geometry has them, `params_by_dim`);
+- `lifted` (`--lifted N`): the generator at the dimension it was fitted at (384, where it matches the real neighbour statistics
+  best) rotated into `--dim` by a random orthonormal map (`realistic_embeddings(lift=True)`): every inner product, so every
+  neighbour statistic, is that of the 384-dim fit, at the cost of d-dimensional products (its spectrum is the 384-dim one);
 - `realistic_fixed_density` (`--fixed-density N`): the same generator forced to clusters of a fixed size (`cluster_growth` 1:
   neighbourhoods no denser at 1M rows than at the fitted size), for a geometry whose fit lets the clusters grow with N;
 - `easy`: the old generator (tight clusters, 20 rows each): an EASY case, kept to show how much the data matter.
@@ -28,11 +31,11 @@ set size after our curation (before any exact comparison), divided by the float3
 load average (`uptime`) is recorded at the start and end of each case: the machine is shared.
 
     python benchmarks/curation_speed.py --embed-only                              # once: embed the real texts (slow on 2 cores)
-    python benchmarks/curation_speed.py --sizes 100000,300000,1000000 --easy 100000   # the table
+    python benchmarks/curation_speed.py --sizes 100000,300000,1000000 --lifted 100000,300000,1000000 --easy 100000   # the table
     python benchmarks/curation_speed.py --sizes 100000                                 # quick
     python benchmarks/curation_speed.py --sizes '' --fit-geometry llm_curate/assets/minilm_real_geometry.json  # refit the generator
 """
-import argparse, json, math, os, resource, subprocess, sys, time
+import argparse, json, math, os, resource, shlex, subprocess, sys, time
 
 import numpy as np
 
@@ -140,6 +143,7 @@ def child(kind: str, n: int, d: int, k: int, real: str | None, exact_max: int, d
         X = np.load(real, mmap_mode='r')
         X = np.ascontiguousarray(X[:n] if n else X, np.float32)
     elif kind in ('realistic', 'realistic_real_size'): X = realistic_embeddings(n, d=d or None, seed=0)
+    elif kind == 'lifted': X = realistic_embeddings(n, d=d, seed=0, lift=True)
     elif kind == 'realistic_fixed_density':
         geo = bundled_geometry()
         X = realistic_embeddings(n, d=d, geometry={**geo, 'params': {**generator_params(geo, d), 'cluster_growth': 1.0}, 'params_by_dim': {}}, seed=0)
@@ -202,7 +206,8 @@ def fmt_table(rows) -> str:
             (f" (exact {r['T_mae_truth_exact']:.3f} / {r['flag_f1_exact']:.3f})" if 'flag_f1_exact' in r else '')
         label = {'easy': 'easy (old generator)', 'real': 'real text (MiniLM)', 'real_approx': 'real text, approximate forced',
                  'real_hnsw': 'real text, hnsw forced', 'realistic': 'realistic generator',
-                 'realistic_real_size': 'realistic generator, real size', 'realistic_fixed_density': 'realistic, clusters of a fixed size'}[r['kind']]
+                 'realistic_real_size': 'realistic generator, real size', 'realistic_fixed_density': 'realistic, clusters of a fixed size',
+                 'lifted': 'real-text structure, lifted'}[r['kind']]
         lines.append(f"| {label} | {r['N']:,} | {r['d']} | {m} | {rec} | {r['knn_s']:.1f} | {ex} | {r['exact_s'] / r['knn_s']:.2f} | "
                      f"{r['total_s']:.1f}" + (f" ({r['total_cpu_s']:.0f})" if 'total_cpu_s' in r else '') + f" | {r['peak_rss_gb']:.2f} | {r['rss_over_X']:.2f} | {td} | {fj} | {q} | {r['load'][0]}→{r['load'][1]} |")
     return '\n'.join(lines)
@@ -231,12 +236,15 @@ def plans(rows) -> str:
 
 
 def growth(rows) -> str:
-    rr = sorted([r for r in rows if r.get('kind') == 'realistic' and 'error' not in r], key=lambda r: r['N'])
-    if len(rr) < 2: return ''
-    a, b = rr[0], rr[-1]
-    g = b['N'] / a['N']
-    return (f"Growth {a['N']:,} -> {b['N']:,} (x{g:.0f}): k-NN time x{b['knn_s'] / a['knn_s']:.1f}, end-to-end x{b['total_s'] / a['total_s']:.1f}; "
-            f"N log N would be x{g * math.log(b['N']) / math.log(a['N']):.1f}, N^1.5 x{g ** 1.5:.1f}, N^2 (exact) x{g * g:.0f}.")
+    out = []
+    for kind in ('realistic', 'lifted'):
+        rr = sorted([r for r in rows if r.get('kind') == kind and 'error' not in r], key=lambda r: r['N'])
+        if len(rr) < 2: continue
+        a, b = rr[0], rr[-1]
+        g = b['N'] / a['N']
+        out.append(f"Growth of {kind} {a['N']:,} -> {b['N']:,} (x{g:.0f}): k-NN time x{b['knn_s'] / a['knn_s']:.1f}, end-to-end x{b['total_s'] / a['total_s']:.1f}; "
+                   f"N log N would be x{g * math.log(b['N']) / math.log(a['N']):.1f}, N^1.5 x{g ** 1.5:.1f}, N^2 (exact) x{g * g:.0f}.")
+    return '\n'.join(out)
 
 
 def main(argv=None):
@@ -248,6 +256,7 @@ def main(argv=None):
     ap.add_argument('--real-n', type=int, default=0, help='use the first N real rows (0: all)')
     ap.add_argument('--sizes', default='100000,300000,1000000', help='comma-separated N of the realistic generator ("" for none)')
     ap.add_argument('--easy', default='', help='comma-separated N of the easy (old) generator')
+    ap.add_argument('--lifted', default='', help='comma-separated N of the 384-dim fit rotated into --dim (neighbour structure of the real-text fit, cost of d)')
     ap.add_argument('--fixed-density', default='', help='comma-separated N of the generator with clusters of a fixed size (pessimistic)')
     ap.add_argument('--dim', type=int, default=1024, help='dimension of the generated embeddings')
     ap.add_argument('--dtype', default='float32', choices=['float32', 'float16'], help='storage of the embedding matrix')
@@ -288,7 +297,7 @@ def main(argv=None):
                            dims_grid=json.loads(a.fit_dims_grid) if a.fit_dims_grid else None)
         geo['source'] = ('MiniLM (all-MiniLM-L6-v2, first %d tokens) embeddings of the shared real texts: ' % a.max_seq_length
                          + ', '.join(s for s, _ in SOURCES))
-        geo['fit_procedure'] = 'python benchmarks/curation_speed.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
+        geo['fit_procedure'] = 'python benchmarks/curation_speed.py ' + shlex.join(sys.argv[1:] if argv is None else argv)
         with open(a.fit_geometry, 'w') as f: json.dump(geo, f, indent=None, separators=(',', ':'))
         print({kk: geo[kk] for kk in ('n', 'dim', 'dims_for_90pct', 'd1', 'd10', 'fit_real_by_n', 'params', 'fit', 'params_by_dim')})
         return 0
@@ -301,7 +310,8 @@ def main(argv=None):
     cases = ([('real', a.real_n, 0), ('real_approx', a.real_n, 0), ('real_hnsw', a.real_n, 0), ('realistic_real_size', n_real, 0)] if a.real else []) + \
             [('easy', int(n), a.dim) for n in a.easy.split(',') if n] + \
             [('realistic_fixed_density', int(n), a.dim) for n in a.fixed_density.split(',') if n] + \
-            [('realistic', int(n), a.dim) for n in a.sizes.split(',') if n]   # the largest last
+            [('realistic', int(n), a.dim) for n in a.sizes.split(',') if n] + \
+            [('lifted', int(n), a.dim) for n in a.lifted.split(',') if n]
     rows = []
     for kind, n, d in cases:
         cmd = [sys.executable, __file__, '--child', kind, str(n), str(d), '--k', str(a.k), '--exact-max', str(a.exact_max), '--dtype', a.dtype]

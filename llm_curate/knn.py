@@ -369,20 +369,16 @@ def _cell_join(U: np.ndarray, cent: np.ndarray, s: int, k: int, progress: bool =
     A = _nearest_cells(U, cent, s)
     order = np.argsort(A.ravel(), kind='stable')       # slots grouped by cell; slot // s is the row
     bounds = np.searchsorted(A.ravel()[order], np.arange(len(cent) + 1))
-    PS = np.full((M * s, k), -np.inf, np.float32); PI = np.full((M * s, k), -1, np.int32)
+    PS = np.full((M * s, k + 1), -np.inf, np.float32); PI = np.full((M * s, k + 1), -1, np.int32)
 
     def cell(c):                                        # one cell on one thread: small products parallelise badly inside
         faiss.omp_set_num_threads(1)
         a, b = bounds[c], bounds[c + 1]
         slots = order[a:b]; mem = slots // s
         Xc = _f32(U[mem])
-        D, J = faiss.knn(Xc, Xc, int(min(k + 1, b - a)), faiss.METRIC_INNER_PRODUCT)
-        D, J = _drop_self(D, J, np.arange(b - a), min(k, b - a - 1))
-        J = mem[J]
-        Ai, Aj = A[mem], A[J]                           # a pair met in several cells is kept in the first of the row's cells it shares:
-        first = (Ai[:, None, :, None] == Aj[:, :, None, :]).any(3).argmax(2)   # there it is in the row's top k if anywhere
-        D[np.take_along_axis(Ai, first, 1) != c] = -np.inf
-        PS[slots, :D.shape[1]], PI[slots, :J.shape[1]] = D, J
+        kc = int(min(k + 1, b - a))                     # the row itself among them: dropped in the merge, with pairs met twice
+        D, J = faiss.knn(Xc, Xc, kc, faiss.METRIC_INNER_PRODUCT)
+        PS[slots, :kc], PI[slots, :kc] = D, mem[J]
         return b - a
 
     big_first = [int(c) for c in np.argsort(-np.diff(bounds), kind='stable') if bounds[c + 1] - bounds[c] >= 2]
@@ -394,9 +390,22 @@ def _cell_join(U: np.ndarray, cent: np.ndarray, s: int, k: int, progress: bool =
     finally:
         faiss.omp_set_num_threads(n_threads)
         if bar is not None: bar.close()
-    PS, PI = PS.reshape(M, s * k), PI.reshape(M, s * k)
-    S, j = _topk_rows(PS, k)
-    return S, np.take_along_axis(PI, j, 1).astype(np.int64)
+    return _merge_lists(PS.reshape(M, -1), PI.reshape(M, -1), k)
+
+def _merge_lists(PS: np.ndarray, PI: np.ndarray, k: int, block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    "Top-k of each row's candidates (sims (M, c), ids (M, c); -1 empty) that may hold the row itself or an id twice: (sims (M, k), idx (M, k)), -inf where fewer than k."
+    M = len(PS)
+    S, I = np.empty((M, k), np.float32), np.empty((M, k), np.int64)
+    for b in range(0, M, block):
+        ps, pi = PS[b:b + block], PI[b:b + block]
+        o = np.argsort(pi, axis=1, kind='stable')
+        si = np.take_along_axis(pi, o, 1)
+        rep = np.zeros(si.shape, bool); rep[:, 1:] = si[:, 1:] == si[:, :-1]   # an id met again (in another cell): its first copy kept
+        bad = np.empty_like(rep); np.put_along_axis(bad, o, rep, 1)
+        bad |= (pi < 0) | (pi == np.arange(b, b + len(pi))[:, None])
+        v, j = _topk_rows(np.where(bad, -np.inf, ps), k)
+        S[b:b + len(v)], I[b:b + len(v)] = v, np.take_along_axis(pi, j, 1)
+    return S, I
 
 
 # %% ../nbs/03_knn.ipynb #b67c10a8
@@ -653,10 +662,19 @@ def realistic_embeddings(n: int,                 # rows
                          dtype=np.float32,       # float32 or float16
                          return_clusters: bool = False,  # also return the (n,) cluster of each row
                          chunk: int = 65536,     # rows generated per step (memory: one chunk of float32 temporaries)
+                         lift: bool = False,     # d above the fitted dimension: generate there and rotate into d (every inner product kept)
                         ):
     "Unit-norm embeddings whose PCA spectrum, neighbour distances and clusterability follow real ones: topic mixtures, clusters, per-cluster spreads and near copies on the fitted spectrum."
     geo = geometry or bundled_geometry()
     d = int(d or geo['dim'])
+    if lift and d != int(geo['dim']):
+        d0 = int(geo['dim'])
+        if d < d0: raise ValueError(f"realistic_embeddings(lift=True) rotates rows of the fitted dimension {d0} into d; got d={d} < {d0}. Lower the dimension without lift.")
+        X0, cl = realistic_embeddings(n, d0, geo, seed, np.float32, True, chunk)
+        Q = np.linalg.qr(np.random.default_rng((seed, d)).standard_normal((d, d0)))[0].astype(np.float32)   # (d, d0), orthonormal columns
+        X = np.empty((n, d), dtype)
+        for s in range(0, n, chunk): X[s:s + chunk] = X0[s:s + chunk] @ Q.T
+        return (X, cl) if return_clusters else X
     p = generator_params(geo, d)
     rng = np.random.default_rng(seed)
     sd = np.sqrt(_stretch(geo['spectrum'], d)).astype(np.float32)       # per-axis standard deviations

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from llm_curate.knn import (knn_graph, dedupe_rows, check_embeddings, neighbour_stats, realistic_embeddings, bundled_geometry,
-                            fit_geometry, _recall)
+                            fit_geometry, _recall, _cell_join)
 from llm_curate.curate import curate_scores
 
 
@@ -154,6 +154,31 @@ def test_cell_join_forced_on_a_small_pool():
     g = knn_graph(X, k=10, method='cell-join', n_eval=50)
     ge = knn_graph(X, k=10, exact=True)
     assert g.method == 'cell-join' and g.params['cells'] >= 2 and _recall(g.indices, ge.indices) >= 0.9
+
+
+def test_cell_join_with_every_cell_is_exact():
+    "A row in every cell meets every pair in every cell: the merge (each row's lists, the row itself and pairs met in several cells dropped) must give exact search's answer."
+    X = check_embeddings(clustered(600, 16, 12, 1.0, seed=4))
+    cent = check_embeddings(clustered(6, 16, 6, 1.0, seed=9))
+    S, I = _cell_join(X, cent, len(cent), 10)
+    ge = knn_graph(X, k=10, exact=True)
+    np.testing.assert_array_equal(I, ge.indices)
+    np.testing.assert_allclose(1 - S, ge.distances, atol=1e-5)
+    S2, I2 = _cell_join(X, cent, 2, 10)                 # fewer cells a row: still no row itself, no id twice
+    assert not (I2 == np.arange(len(X))[:, None]).any() and all(len(set(r)) == 10 for r in I2.tolist())
+
+
+def test_lift_keeps_every_inner_product():
+    "lift=True rotates the rows of the fitted dimension into d: the same Gram matrix (so the same neighbours), unit rows, its own dimension; d below the fitted one is refused."
+    X0, c0 = realistic_embeddings(1500, seed=3, return_clusters=True)
+    X, c = realistic_embeddings(1500, d=1024, seed=3, lift=True, return_clusters=True)
+    assert X.shape == (1500, 1024) and X0.shape[1] == bundled_geometry()['dim']
+    np.testing.assert_array_equal(c, c0)
+    np.testing.assert_allclose(X @ X[:200].T, X0 @ X0[:200].T, atol=2e-6)
+    g, g0 = knn_graph(X, k=5, exact=True), knn_graph(X0, k=5, exact=True)
+    np.testing.assert_allclose(g.distances, g0.distances, atol=2e-6)     # the same neighbours, up to ties at float32 rounding
+    assert _recall(g.indices, g0.indices) > 0.99
+    with pytest.raises(ValueError, match='lift=True'): realistic_embeddings(10, d=100, lift=True)
 
 
 def test_fit_geometry_recovers_how_clusters_grow():

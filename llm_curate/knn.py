@@ -270,44 +270,15 @@ def _predict(kind: str, build_s: float, search_s: float, rerank_s: float, m: int
     h = math.log(M) / math.log(m)                                           # hnsw: ~log M hops per query
     return build_s * g * h + M * (search_s * h + rerank_s)
 
-_FLAT_CELLS = 1024   # more cells than this: two-level k-means and an IVF over the centroids (`_Cells`)
-
-class _Cells:
-    "C fine centroids in the lists of ~sqrt(C) coarse ones (a faiss IndexIVFFlat over the centroids): a row's s nearest cells at ~(1 + nprobe) sqrt(C) products instead of C; `len` is C."
-    def __init__(self, coarse: np.ndarray, fine: np.ndarray, nprobe: int):
-        faiss = _faiss_threads()
-        self.centroids, self._quantizer = fine, faiss.IndexFlatIP(fine.shape[1])
-        self._quantizer.add(coarse)
-        self.index = faiss.IndexIVFFlat(self._quantizer, fine.shape[1], len(coarse), faiss.METRIC_INNER_PRODUCT)
-        self.index.train(coarse)                         # the quantizer holds its nlist centroids already: nothing is trained
-        self.index.add(fine)
-        self.index.nprobe = int(min(len(coarse), nprobe))
-    def __len__(self): return len(self.centroids)
-    def search(self, X: np.ndarray, s: int) -> np.ndarray:
-        A = self.index.search(X, s)[1]
-        short = np.flatnonzero((A < 0).any(1))           # fewer than s centroids in the probed lists: all of them searched
-        if len(short): A[short] = _faiss_threads().knn(X[short], self.centroids, s, _faiss_threads().METRIC_INNER_PRODUCT)[1]
-        return A
-
-def _kmeans_cells(U: np.ndarray, C: int, rng, niter: int = 6, per: int = 40):
-    "(C', d) unit centroids of a spherical k-means on a sample of U (faiss.Kmeans), a cell over 3x the mean size split by a k-means of its own; past `_FLAT_CELLS` cells a two-level k-means (`_Cells`)."
+def _kmeans_cells(U: np.ndarray, C: int, rng, niter: int = 6, per: int = 40) -> np.ndarray:
+    "(C', d) unit centroids of a spherical k-means on a sample of U (faiss.Kmeans); a cell over 3x the mean size is split by a k-means of its own."
     faiss = _faiss_threads()
     M, d = U.shape
-    per = int(max(39, min(per, 262144 // C)))            # training rows per centroid: k-means costs per * C^2 * d per iteration
+    per = int(max(10, min(per, 40960 // C)))             # training rows per centroid: k-means costs per * C^2 * d per iteration, so
+                                                         # past 1,024 cells it trains on 40,960 rows (10 a centroid at least): linear in C
     T = _f32(U[np.sort(rng.choice(M, min(M, per * C), replace=False))])
-    if C > _FLAT_CELLS:                                  # ~sqrt(C) coarse cells, each cut in proportion to its rows: per * C^1.5 * d
-        C1 = int(round(math.sqrt(C)))
-        top = faiss.Kmeans(d, C1, niter=niter, seed=int(rng.integers(2 ** 31)), spherical=True, max_points_per_centroid=256, verbose=False)
-        top.train(T)
-        a = top.index.search(T, 1)[1][:, 0]
-        sizes, parts = np.bincount(a, minlength=C1), []
-        for j in np.flatnonzero(np.bincount(a, minlength=C1)):
-            cj = int(min(round(C * sizes[j] / len(T)), sizes[j] // 39))   # faiss wants >= 39 training rows per centroid
-            if cj < 2: parts.append(top.centroids[j:j + 1]); continue
-            sub = faiss.Kmeans(d, cj, niter=niter, seed=int(rng.integers(2 ** 31)), spherical=True, max_points_per_centroid=per, verbose=False)
-            sub.train(T[a == j]); parts.append(sub.centroids)
-        return _Cells(top.centroids, np.ascontiguousarray(np.concatenate(parts), np.float32), nprobe=16)
-    km = faiss.Kmeans(d, C, niter=niter, seed=int(rng.integers(2 ** 31)), spherical=True, max_points_per_centroid=per, verbose=False)
+    km = faiss.Kmeans(d, C, niter=niter, seed=int(rng.integers(2 ** 31)), spherical=True, max_points_per_centroid=per,
+                      min_points_per_centroid=min(39, per), verbose=False)   # (faiss warns below 39 rows a centroid)
     km.train(T)
     cent = km.centroids
     a = km.index.search(T, 1)[1][:, 0]
@@ -324,9 +295,7 @@ def _nearest_cells(U: np.ndarray, cent: np.ndarray, s: int, block: int = 65536) 
     "(M, s) int32: the s nearest cells of every row of U by inner product with the centroids, nearest first."
     faiss = _faiss_threads()
     A = np.empty((len(U), s), np.int32)
-    for b in range(0, len(U), block):
-        A[b:b + block] = cent.search(_f32(U[b:b + block]), s) if isinstance(cent, _Cells) else \
-                         faiss.knn(_f32(U[b:b + block]), cent, s, faiss.METRIC_INNER_PRODUCT)[1]
+    for b in range(0, len(U), block): A[b:b + block] = faiss.knn(_f32(U[b:b + block]), cent, s, faiss.METRIC_INNER_PRODUCT)[1]
     return A
 
 def _query_cells(U: np.ndarray, q: np.ndarray, true: np.ndarray, cent: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:

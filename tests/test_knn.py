@@ -180,20 +180,6 @@ def test_bundled_fit_at_1024_is_closer_to_real_text():
     assert fitted < 0.75 * stretched, (fitted, stretched)
 
 
-def test_two_level_cells_past_the_flat_limit(monkeypatch):
-    "Past _FLAT_CELLS a two-level k-means cuts about the cells asked for; their IVF finds a row's nearest centroid as a flat search over them does, and the join over them is exact when every row is in every cell."
-    import llm_curate.knn as K
-    monkeypatch.setattr(K, '_FLAT_CELLS', 16)
-    X = check_embeddings(clustered(6000, 32, 60, 1.0, seed=2))
-    cent = K._kmeans_cells(X, 64, np.random.default_rng(0))
-    assert isinstance(cent, K._Cells) and 40 <= len(cent) <= 80
-    flat = K._nearest_cells(X, cent.centroids, 3)
-    assert (K._nearest_cells(X, cent, 3)[:, 0] == flat[:, 0]).mean() > 0.95
-    small = check_embeddings(X[:500])
-    S, I = K._cell_join(small, cent, len(cent), 10)
-    np.testing.assert_array_equal(I, knn_graph(small, k=10, exact=True).indices)
-
-
 def test_lift_keeps_every_inner_product():
     "lift=True rotates the rows of the fitted dimension into d: the same Gram matrix (so the same neighbours), unit rows, its own dimension; d below the fitted one is refused."
     X0, c0 = realistic_embeddings(1500, seed=3, return_clusters=True)

@@ -671,7 +671,7 @@ def realistic_embeddings(n: int,                 # rows
     d = int(d or geo['dim'])
     if lift and d != int(geo['dim']):
         d0 = int(geo['dim'])
-        if d < d0: raise ValueError(f"realistic_embeddings(lift=True) rotates rows of the fitted dimension {d0} into d; got d={d} < {d0}. Lower the dimension without lift.")
+        if d < d0: raise ValueError(f"realistic_embeddings(lift=True) rotates rows of the fitted dimension {d0} into d; got d={d} < {d0}. Pass d >= {d0}, or lift=False.")
         X0, cl = realistic_embeddings(n, d0, geo, seed, np.float32, True, chunk)
         Q = np.linalg.qr(np.random.default_rng((seed, d)).standard_normal((d, d0)))[0].astype(np.float32)   # (d, d0), orthonormal columns
         X = np.empty((n, d), dtype)

@@ -11,8 +11,8 @@ import pandas as pd
 from .data import need
 
 # %% auto #0
-__all__ = ['logger', 'METHODS', 'check_embeddings', 'dedupe_rows', 'KNNGraph', 'knn_graph', 'neighbour_stats', 'generator_params',
-           'realistic_embeddings', 'bundled_geometry', 'fit_geometry', 'knn_graph_ray']
+__all__ = ['logger', 'PROBES', 'METHODS', 'check_embeddings', 'dedupe_rows', 'KNNGraph', 'knn_graph', 'neighbour_stats',
+           'generator_params', 'realistic_embeddings', 'bundled_geometry', 'fit_geometry', 'knn_graph_ray']
 
 # %% ../nbs/03_knn.ipynb #e7a3a8ba
 logger = logging.getLogger(__name__)
@@ -302,44 +302,73 @@ def _query_cells(U: np.ndarray, q: np.ndarray, true: np.ndarray, cent: np.ndarra
     "The s nearest cells of the query rows q (len(q), s) and of their true neighbours (len(q), k, s), as `_coverage` reads them."
     return _nearest_cells(U[q], cent, s), _nearest_cells(U[true.ravel()], cent, s).reshape(len(q), true.shape[1], s)
 
-def _coverage(Aq: np.ndarray, At: np.ndarray, s: int) -> float:
-    "Share of the true pairs (query, neighbour) sharing one of their s nearest cells: the recall@k of the cell join, exactly."
+def _shared(Aq: np.ndarray, At: np.ndarray, s: int) -> float:
+    "Share of the true pairs (query, neighbour) sharing one of their s nearest cells (the geometry statistic of `neighbour_stats`)."
     return float((Aq[:, None, :s, None] == At[:, :, None, :s]).any((2, 3)).mean())
 
-def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: float, rng, max_spill: int = 8,
-               n_sample: int = 16384) -> tuple[dict, list]:
-    "Cheapest (cells, spill) of the cell join whose recall on the queries qt reaches `aim` (its 'ok' True; none does: the one of highest recall), walking the cell size from 256 rows (larger cells past 2,048 of them) the cheaper way: that plan and the table of all tried."
+def _coverage(Aq: np.ndarray, At: np.ndarray, p: int) -> float:
+    "Share of the true pairs (query, neighbour) the cell join meets probing p cells, the recall@k of `_cell_join` exactly: the neighbour's own (nearest) cell among the query's p nearest, or the query's own among the neighbour's."
+    return float(((Aq[:, None, :p] == At[:, :, :1]).any(2) | (At[:, :, :p] == Aq[:, None, :1]).any(2)).mean())
+
+def _join_pairs(A: np.ndarray, p: int, C: int, scale: float) -> float:
+    "Products (row, row) of the cell join probing p cells, from the (n, >= p) nearest cells A of a sample of 1/scale of the rows: both ways per cell, once when p is 1."
+    own = np.bincount(A[:, 0], minlength=C).astype(np.float64) * scale
+    probing = np.bincount(A[:, :p].ravel(), minlength=C).astype(np.float64) * scale
+    return float((own * probing).sum()) * (1 if p == 1 else 2)
+
+PROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+def _refine_cost(U: np.ndarray, k: int, rng, n: int = 4096) -> float:
+    "Seconds of one `_refine` round over all rows of U, from its neighbourhood products on n random rows (random neighbourhoods of 2k + 1 rows)."
+    M = len(U)
+    B = rng.integers(0, M, (min(n, M), 2 * k + 1))
+    t = time.perf_counter()
+    for b in range(0, len(B), 2048):
+        X = _f32(U[B[b:b + 2048]]); np.matmul(X, X.transpose(0, 2, 1))
+    return 1.5 * (time.perf_counter() - t) * M / len(B) / 2   # two threads; x1.5 for the checks and the merge
+
+def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: float, rng, max_probes: int = 64,
+               n_sample: int = 16384, refine_gap: float = 0.03, refine_rounds: int = 2) -> tuple[dict, list]:
+    "Cheapest (cells, probes) of the cell join whose recall on the queries qt reaches `aim`, or comes within `refine_gap` of it and is then refined (`_refine`, `refine_rounds` predicted) when that is cheaper (its 'ok' True; none does: the one of highest recall), walking the cell size from 256 rows (larger cells past 2,048 of them) the cheaper way: that plan and the table of all tried."
     M, d = U.shape
     faiss = _faiss_threads()
     S = np.sort(rng.choice(M, min(M, n_sample), replace=False))
     tried = {}
-    nb = min(M, 1024)                                   # seconds per pair inside a cell: one 1,024-row cell's product
-    B = _f32(U[np.sort(rng.choice(M, nb, replace=False))])
+    nq, nd = min(M, 2048), min(M, 256)                  # seconds per pair inside a cell: 2,048 probing rows x 256 own rows
+    Bq = _f32(U[np.sort(rng.choice(M, nq, replace=False))]); Bd = Bq[:nd]
     pair_s, n_threads = math.inf, faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)                        # as `_cell_join` runs it: one cell per thread, the threads side by side
     for _ in range(3):                                  # the fastest of three: other jobs on the machine only slow a run down
-        t = time.perf_counter(); faiss.knn(B, B, min(k + 1, nb), faiss.METRIC_INNER_PRODUCT)
-        pair_s = min(pair_s, (time.perf_counter() - t) / nb ** 2 / n_threads)
+        t = time.perf_counter(); faiss.knn(Bq, Bd, min(k + 1, nd), faiss.METRIC_INNER_PRODUCT)
+        pair_s = min(pair_s, (time.perf_counter() - t) / (nq * nd) / n_threads)
     faiss.omp_set_num_threads(n_threads)
+    probes = [p for p in PROBES if p <= max_probes]
+    refine_s = _refine_cost(U, k, rng) if refine_rounds else 0.0   # seconds of one round over all M rows
 
-    def evaluate(m):                                    # m: mean rows per cell before spilling
+    def evaluate(m):                                    # m: mean rows per cell (each row owned by one)
         t = time.perf_counter()
         cent = _kmeans_cells(U, int(round(M / m)), rng)
         train_s = time.perf_counter() - t
+        P = min(probes[-1], len(cent))
         t = time.perf_counter()
-        A = _nearest_cells(U[S], cent, max_spill)
+        A = _nearest_cells(U[S], cent, P)
         assign_s = (time.perf_counter() - t) * M / len(S)
-        Aq, At = _query_cells(U, qt, true, cent, max_spill)
-        for s in range(1, max_spill + 1):               # the smallest spill reaching the aim: a larger one only costs more
-            rec = _coverage(Aq, At, s)
+        Aq, At = _query_cells(U, qt, true, cent, P)
+        lo = None                                       # the fewest probes within `refine_gap` of the aim: joined, then refined
+        for p in [p for p in probes if p < P] + [P]:    # the fewest probes reaching the aim: more only cost more
+            rec = _coverage(Aq, At, p)
+            if lo is None and rec >= aim - refine_gap: lo = (p, rec, _join_pairs(A, p, len(cent), M / len(S)) * pair_s)
             if rec >= aim: break
-        n = np.bincount(A[:, :s].ravel(), minlength=len(cent)).astype(np.float64) * (M / len(S))
-        pairs = float((n ** 2).sum())
-        tried[m] = {'rows_per_cell': m, 'cells': len(cent), 'spill': s, 'recall': round(rec, 4), 'pairs_frac': round(pairs / M ** 2, 5),
-                    'train_s': round(train_s, 3), 'assign_s': round(assign_s, 3), 'join_s': round(pairs * pair_s, 3),
-                    'cost_s': round(assign_s + pairs * pair_s, 3),   # what is left to spend: the training is done
-                    'ok': rec >= aim, 'centroids': cent}
-        return tried[m]
+        pairs = _join_pairs(A, p, len(cent), M / len(S))
+        r = {'rows_per_cell': m, 'cells': len(cent), 'probes': p, 'recall': round(rec, 4), 'pairs_frac': round(pairs / M ** 2, 5),
+             'train_s': round(train_s, 3), 'assign_s': round(assign_s, 3), 'join_s': round(pairs * pair_s, 3),
+             'cost_s': round(assign_s + pairs * pair_s, 3),   # what is left to spend: the training is done
+             'ok': rec >= aim, 'refine_rounds': 0, 'direct_probes': p, 'centroids': cent}
+        if lo is not None and lo[0] < p and (not r['ok'] or assign_s + lo[2] + refine_rounds * refine_s < r['cost_s']):
+            r.update(probes=lo[0], recall=round(lo[1], 4), pairs_frac=round(lo[2] / pair_s / M ** 2, 5), join_s=round(lo[2], 3),
+                     cost_s=round(assign_s + lo[2] + refine_rounds * refine_s, 3), ok=True, refine_rounds=refine_rounds)
+        tried[m] = r
+        return r
 
     ok = lambda m: m in tried and tried[m]['ok']
     cost = lambda m: tried[m]['cost_s'] + tried[m]['train_s'] if ok(m) else math.inf
@@ -363,28 +392,37 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
     if not good: return max(tried.values(), key=lambda r: (r['recall'], -r['cost_s'])), table
     return min(good, key=lambda r: r['cost_s']), table
 
-def _cell_join(U: np.ndarray, cent: np.ndarray, s: int, k: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    "Each row in its s nearest cells, exact k-NN inside every cell (faiss.knn), a row's s lists merged: (sims (M, k), idx (M, k)), -inf where fewer than k were found."
+def _cell_join(U: np.ndarray, cent: np.ndarray, p: int, k: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    "Each row owned by its nearest cell and probing its p nearest; in every cell exact k-NN (faiss.knn) of the rows probing it among the rows it owns, and of those among the rows probing it; a row's lists merged: (sims (M, k), idx (M, k)), -inf where fewer than k were found."
     from concurrent.futures import ThreadPoolExecutor
     faiss = _faiss_threads()
-    M, n_threads = len(U), faiss.omp_get_max_threads()
-    A = _nearest_cells(U, cent, s)
-    order = np.argsort(A.ravel(), kind='stable')       # slots grouped by cell; slot // s is the row
+    M, n_threads, kk = len(U), faiss.omp_get_max_threads(), k + 1   # k + 1: the row itself is among them, dropped in the merge
+    p = int(min(p, len(cent)))
+    A = _nearest_cells(U, cent, p)                     # A[:, 0]: the cell owning the row
+    order = np.argsort(A.ravel(), kind='stable')       # (row, rank) slots grouped by cell; slot // p is the row, slot % p the rank
     bounds = np.searchsorted(A.ravel()[order], np.arange(len(cent) + 1))
-    PS = np.full((M * s, k + 1), -np.inf, np.float32); PI = np.full((M * s, k + 1), -1, np.int32)
+    back = p > 1                                       # p == 1: the rows probing a cell are the rows it owns, one product
+    L = p + back                                       # a row's lists: one per probed cell, and one from the rows probing its own
+    PS = np.full((M * L, kk), -np.inf, np.float32); PI = np.full((M * L, kk), -1, np.int32)
 
     def cell(c):                                        # one cell on one thread: small products parallelise badly inside
         faiss.omp_set_num_threads(1)
-        a, b = bounds[c], bounds[c + 1]
-        slots = order[a:b]; mem = slots // s
-        Xc = _f32(U[mem])
-        kc = int(min(k + 1, b - a))                     # the row itself among them: dropped in the merge, with pairs met twice
-        D, J = faiss.knn(Xc, Xc, kc, faiss.METRIC_INNER_PRODUCT)
-        PS[slots, :kc], PI[slots, :kc] = D, mem[J]
-        return b - a
+        slots = order[bounds[c]:bounds[c + 1]]
+        mem, rank = slots // p, slots % p
+        own = mem[rank == 0]
+        if not len(own): return len(slots)
+        Xq = _f32(U[mem]); Xd = Xq[rank == 0]
+        kc = int(min(kk, len(own)))
+        D, J = faiss.knn(Xq, Xd, kc, faiss.METRIC_INNER_PRODUCT)   # probing rows among the owned ones
+        PS[mem * L + rank, :kc], PI[mem * L + rank, :kc] = D, own[J]
+        if back:
+            kb = int(min(kk, len(mem)))
+            D, J = faiss.knn(Xd, Xq, kb, faiss.METRIC_INNER_PRODUCT)   # owned rows among the probing ones
+            PS[own * L + p, :kb], PI[own * L + p, :kb] = D, mem[J]
+        return len(slots)
 
     big_first = [int(c) for c in np.argsort(-np.diff(bounds), kind='stable') if bounds[c + 1] - bounds[c] >= 2]
-    bar = _bar(M * s, 'k-NN (cell join)', progress)
+    bar = _bar(M * p, 'k-NN (cell join)', progress)
     try:
         with ThreadPoolExecutor(n_threads) as ex:
             for n in ex.map(cell, big_first):
@@ -392,10 +430,11 @@ def _cell_join(U: np.ndarray, cent: np.ndarray, s: int, k: int, progress: bool =
     finally:
         faiss.omp_set_num_threads(n_threads)
         if bar is not None: bar.close()
-    return _merge_lists(PS.reshape(M, -1), PI.reshape(M, -1), k)
+    del order, A
+    return _merge_lists(PS.reshape(M, L * kk), PI.reshape(M, L * kk), k)
 
-def _merge_lists(PS: np.ndarray, PI: np.ndarray, k: int, block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    "Top-k of each row's candidates (sims (M, c), ids (M, c); -1 empty) that may hold the row itself or an id twice: (sims (M, k), idx (M, k)), -inf where fewer than k."
+def _merge_lists(PS: np.ndarray, PI: np.ndarray, k: int, block: int = 65536, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    "Top-k of each row's candidates (sims (n, c), ids (n, c); -1 empty) that may hold the row itself (its id in `rows`, default 0..n-1) or an id twice: (sims (n, k), idx (n, k)), -inf where fewer than k."
     M = len(PS)
     S, I = np.empty((M, k), np.float32), np.empty((M, k), np.int64)
     for b in range(0, M, block):
@@ -404,10 +443,63 @@ def _merge_lists(PS: np.ndarray, PI: np.ndarray, k: int, block: int = 65536) -> 
         si = np.take_along_axis(pi, o, 1)
         rep = np.zeros(si.shape, bool); rep[:, 1:] = si[:, 1:] == si[:, :-1]   # an id met again (in another cell): its first copy kept
         bad = np.empty_like(rep); np.put_along_axis(bad, o, rep, 1)
-        bad |= (pi < 0) | (pi == np.arange(b, b + len(pi))[:, None])
+        own = np.arange(b, b + len(pi)) if rows is None else rows[b:b + block]
+        bad |= (pi < 0) | (pi == own[:, None])
         v, j = _topk_rows(np.where(bad, -np.inf, ps), k)
         S[b:b + len(v)], I[b:b + len(v)] = v, np.take_along_axis(pi, j, 1)
     return S, I
+
+def _reverse(S: np.ndarray, I: np.ndarray, cap: int) -> np.ndarray:
+    "(M, cap) int64: for every row, up to `cap` of the rows listing it among their neighbours, the nearest first (-1 where fewer)."
+    M, k = I.shape
+    dst, src, sim = I.ravel(), np.repeat(np.arange(M), k), S.ravel()
+    keep = dst >= 0
+    o = np.lexsort((-sim[keep], dst[keep]))
+    d, s = dst[keep][o], src[keep][o]
+    rank = np.arange(len(d)) - np.searchsorted(d, d)   # position inside its row's group
+    R = np.full((M, cap), -1, np.int64)
+    ok = rank < cap
+    R[d[ok], rank[ok]] = s[ok]
+    return R
+
+def _refine(U: np.ndarray, S: np.ndarray, I: np.ndarray, block: int = 2048) -> tuple[np.ndarray, np.ndarray, int]:
+    "One round of NN-descent's local join (Dong et al., 2011) on a k-NN graph (sims S (M, k) descending, ids I): in every row's neighbourhood (itself, its k neighbours, the k nearest rows listing it) each pair's inner product is offered to both ends, and a row keeps its k best. Returns (S, I, rows whose list changed)."
+    from concurrent.futures import ThreadPoolExecutor
+    M, k = I.shape
+    B = np.concatenate([np.arange(M)[:, None], I, _reverse(S, I, k)], 1)    # (M, 2k + 1) neighbourhoods, -1 empty
+    kth = np.where(np.isfinite(S[:, -1]), S[:, -1], -np.inf).astype(np.float32)
+
+    def offers(b):                                      # (target, candidate, sim) of one block's pairs beating the target's k-th
+        Bb = B[b:b + block]
+        X = _f32(U[np.maximum(Bb, 0)])                  # (b, L, d)
+        G = np.matmul(X, X.transpose(0, 2, 1))          # (b, L, L)
+        a = np.broadcast_to(Bb[:, :, None], G.shape); c = np.broadcast_to(Bb[:, None, :], G.shape)
+        good = (a >= 0) & (c >= 0) & (a != c)
+        good &= G > kth[np.maximum(a, 0)]
+        good &= ~(I[np.maximum(Bb, 0)][:, :, None, :] == Bb[:, None, :, None]).any(3)   # not already a neighbour of the target
+        a, c, g = a[good], c[good], G[good]
+        _, first = np.unique(a * M + c, return_index=True)   # offered in several neighbourhoods of the block: once
+        return a[first], c[first], g[first]
+
+    with ThreadPoolExecutor(2) as ex: parts = list(ex.map(offers, range(0, M, block)))
+    a = np.concatenate([p[0] for p in parts]); c = np.concatenate([p[1] for p in parts]); s = np.concatenate([p[2] for p in parts])
+    del parts
+    if not len(a): return S, I, 0
+    _, first = np.unique(a * M + c, return_index=True)  # once across blocks too
+    a, c, s = a[first], c[first], s[first]
+    o = np.lexsort((-s, a)); a, c, s = a[o], c[o], s[o]
+    rows, start, cnt = np.unique(a, return_index=True, return_counts=True)
+    rank = np.arange(len(a)) - np.repeat(start, cnt)
+    cap = k                                             # distinct offers, none already listed: k are enough
+    keep = rank < cap
+    PS = np.full((len(rows), k + cap), -np.inf, np.float32); PI = np.full((len(rows), k + cap), -1, np.int64)
+    PS[:, :k], PI[:, :k] = S[rows], I[rows]
+    where = np.searchsorted(rows, a[keep])
+    PS[where, k + rank[keep]], PI[where, k + rank[keep]] = s[keep], c[keep]
+    S2, I2 = _merge_lists(PS, PI, k, rows=rows)
+    S, I = S.copy(), I.copy()
+    S[rows], I[rows] = S2, I2
+    return S, I, int(len(rows))
 
 
 # %% ../nbs/03_knn.ipynb #b67c10a8
@@ -507,15 +599,26 @@ def _approx(U, k, method, target, n_eval, pca_dim, pca_var, pilot, seed, progres
         plan, jtable = _plan_join(U, qt, true_t, k, aim, rng)
         params.update(join_plan=jtable, join_plan_s=round(time.perf_counter() - t, 3))
         logger.info("k-NN cell join plan (%.1f s): %s", params['join_plan_s'],
-                    'no plan reaches the target' if not plan['ok'] else f"{plan['cells']} cells, spill {plan['spill']}, predicted {plan['cost_s']:.1f} s (exact {exact_s:.1f} s)")
+                    'no plan reaches the target' if not plan['ok'] else f"{plan['cells']} cells, {plan['probes']} probes, predicted {plan['cost_s']:.1f} s (exact {exact_s:.1f} s)")
         if method == 'cell-join' and not plan['ok']:
             logger.warning("k-NN: the cell join reaches recall@%d %.3f at most (target %.3f)", k, plan['recall'], target)
         elif not plan['ok']: plan = None                    # auto: the candidate indexes are measured instead
         if plan is not None and (method != 'auto' or 2 * plan['cost_s'] < exact_s):   # its prediction ran up to 1.6x short: a 2x margin
             t = time.perf_counter()
-            S, I = _cell_join(U, plan['centroids'], plan['spill'], k, progress)
-            params.update({key: plan[key] for key in ('rows_per_cell', 'cells', 'spill', 'pairs_frac')},
-                          tuned_recall=plan['recall'], predicted_s=plan['cost_s'])
+            S, I = _cell_join(U, plan['centroids'], plan['probes'], k, progress)
+            rounds, tuned = 0, _recall(I[qt], true_t)
+            while plan['refine_rounds'] and rounds < plan['refine_rounds'] + 1 and tuned < aim:   # one round more than planned at most
+                S, I, changed = _refine(U, S, I); rounds += 1
+                tuned = _recall(I[qt], true_t)
+                logger.info("k-NN refine round %d: %d rows improved, recall@%d on the tuning rows %.3f", rounds, changed, k, tuned)
+                if not changed: break
+            if tuned < aim and plan['direct_probes'] > plan['probes']:   # the refinement fell short: the join that reaches the aim, merged
+                logger.warning("k-NN: refined recall %.3f < %.3f; joining at %d probes", tuned, aim, plan['direct_probes'])
+                S2, I2 = _cell_join(U, plan['centroids'], plan['direct_probes'], k, progress)
+                S, I = _merge_lists(np.concatenate([S, S2], 1), np.concatenate([I, I2], 1), k)
+                tuned = _recall(I[qt], true_t)
+            params.update({key: plan[key] for key in ('rows_per_cell', 'cells', 'probes', 'pairs_frac')},
+                          refine_rounds=rounds, tuned_recall=round(tuned, 4), predicted_s=plan['cost_s'])
             return finish(S, I, 'cell-join', t)
     t = time.perf_counter()
     kinds = ([method[4:]] if method.startswith('pca-') else ['full-hnsw'] if method == 'hnsw'
@@ -628,7 +731,7 @@ def _join_curve(U: np.ndarray, q: np.ndarray, true: np.ndarray, spills, rows_per
     s_max = int(max(spills))
     Aq, At = _query_cells(U, q, true, cent, s_max)
     return {'join_rows_per_cell': int(rows_per_cell), 'join_cells': int(len(cent)), 'join_spills': [int(s) for s in spills],
-            'join': [round(_coverage(Aq, At, int(s)), 4) for s in spills]}
+            'join': [round(_shared(Aq, At, int(s)), 4) for s in spills]}
 
 def _stretch(spectrum, d: int) -> np.ndarray:
     "A (d,) spectrum with the shape of `spectrum` (variance fraction per fraction of dimensions), summing to 1."

@@ -162,7 +162,7 @@ def child(kind: str, n: int, d: int, k: int, real: str | None, exact_max: int, d
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     out = {'kind': kind, 'N': n, 'd': d, 'dtype': dtype, 'n_unique': g.n_unique, 'method': g.method, 'recall': g.recall,
            'params': {kk: v for kk, v in g.params.items() if kk in ('pca_dim', 'candidates', 'nlist', 'nprobe', 'efSearch', 'cost_model_s',
-                                                                     'cells', 'probes', 'rows_per_cell', 'pairs_frac', 'join_plan')
+                                                                     'cells', 'spill', 'probes', 'refine_rounds', 'tuned_recall', 'rows_per_cell', 'pairs_frac', 'join_plan')
                       or kk.endswith('_s')},
            'knn_s': knn_s, 'total_s': total_s, 'knn_cpu_s': knn_cpu, 'total_cpu_s': total_cpu, 'peak_rss_gb': rss / 2**30, 'rss_over_X': rss / x_bytes, 'gen_s': gen_s,
            'T_mae_truth': float(np.abs(cur.transition_matrix_ - empirical_T(y, rated)).mean()), 'n_flagged': int(cur.flagged_.sum())}
@@ -195,7 +195,7 @@ def fmt_table(rows) -> str:
         if 'error' in r:
             lines.append(f"| {r['kind']} | {r['N']:,} | {r['d']} | failed: {r['error']} |" + ' |' * 10); continue
         p = r['params']
-        shown = {'hnsw': ('candidates', 'efSearch'), 'cell-join': ('cells', 'probes')}.get(r['method'], ('pca_dim', 'candidates', 'nprobe', 'efSearch'))
+        shown = {'hnsw': ('candidates', 'efSearch'), 'cell-join': ('cells', 'spill', 'probes', 'refine_rounds')}.get(r['method'], ('pca_dim', 'candidates', 'nprobe', 'efSearch'))
         par = ', '.join(f'{kk}={p[kk]}' for kk in shown if p.get(kk) is not None)
         m = r['method'] + (f' ({par})' if par else '')
         rec = '1 (exact)' if r['recall'] is None else f"{r['recall']:.3f}" + (f" (all rows {r['true_recall']:.3f})" if 'true_recall' in r and r['recall'] is not None else '')
@@ -226,11 +226,12 @@ def phases(rows) -> str:
 
 
 def plans(rows) -> str:
-    "The cell-join plans the cost model tried on each case: rows per cell, cells, the probes reaching the target, its recall and cost."
-    out = ['| data | N | d | rows/cell | cells | probes | recall (tuning rows) | pairs / N^2 | k-means s | predicted s |', '|:--|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+    "The cell-join plans the cost model tried on each case: rows per cell, cells, the spill and probes it chose (refine rounds planned), their recall before refining and cost."
+    out = ['| data | N | d | rows/cell | cells | spill | probes | refine rounds | recall (tuning rows, joined) | pairs / N^2 | k-means s | predicted s |',
+           '|:--|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for r in rows:
         for pl in r.get('params', {}).get('join_plan', []):
-            out.append(f"| {r['kind']} | {r['N']:,} | {r['d']} | {pl['rows_per_cell']} | {pl['cells']:,} | {pl['probes']} | {pl['recall']:.3f} | "
+            out.append(f"| {r['kind']} | {r['N']:,} | {r['d']} | {pl['rows_per_cell']} | {pl['cells']:,} | {pl.get('spill', '')} | {pl['probes']} | {pl.get('refine_rounds', 0)} | {pl['recall']:.3f} | "
                        f"{pl['pairs_frac']:.4f} | {pl['train_s']:.1f} | {pl['cost_s']:.1f} |")
     return '\n'.join(out) if len(out) > 2 else ''
 

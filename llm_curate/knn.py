@@ -270,12 +270,15 @@ def _predict(kind: str, build_s: float, search_s: float, rerank_s: float, m: int
     h = math.log(M) / math.log(m)                                           # hnsw: ~log M hops per query
     return build_s * g * h + M * (search_s * h + rerank_s)
 
+def _kmeans_per(C: int, per: int = 40) -> int:
+    "Training rows per centroid of `_kmeans_cells`: k-means costs per * C^2 * d an iteration, so past 1,024 cells it trains on 40,960 rows (10 a centroid at least): linear in C there."
+    return int(max(10, min(per, 40960 // C)))
+
 def _kmeans_cells(U: np.ndarray, C: int, rng, niter: int = 6, per: int = 40) -> np.ndarray:
     "(C', d) unit centroids of a spherical k-means on a sample of U (faiss.Kmeans); a cell over 3x the mean size is split by a k-means of its own."
     faiss = _faiss_threads()
     M, d = U.shape
-    per = int(max(10, min(per, 40960 // C)))             # training rows per centroid: k-means costs per * C^2 * d per iteration, so
-                                                         # past 1,024 cells it trains on 40,960 rows (10 a centroid at least): linear in C
+    per = _kmeans_per(C, per)
     T = _f32(U[np.sort(rng.choice(M, min(M, per * C), replace=False))])
     km = faiss.Kmeans(d, C, niter=niter, seed=int(rng.integers(2 ** 31)), spherical=True, max_points_per_centroid=per,
                       min_points_per_centroid=min(39, per), verbose=False)   # (faiss warns below 39 rows a centroid)
@@ -310,11 +313,11 @@ def _coverage(Aq: np.ndarray, At: np.ndarray, p: int) -> float:
     "Share of the true pairs (query, neighbour) the cell join meets probing p cells, the recall@k of `_cell_join` exactly: the neighbour's own (nearest) cell among the query's p nearest, or the query's own among the neighbour's."
     return float(((Aq[:, None, :p] == At[:, :, :1]).any(2) | (At[:, :, :p] == Aq[:, None, :1]).any(2)).mean())
 
-def _join_pairs(A: np.ndarray, p: int, C: int, scale: float) -> float:
-    "Products (row, row) of the cell join probing p cells, from the (n, >= p) nearest cells A of a sample of 1/scale of the rows: both ways per cell, once when p is 1."
-    own = np.bincount(A[:, 0], minlength=C).astype(np.float64) * scale
+def _join_pairs(A: np.ndarray, spill: int, p: int, C: int, scale: float) -> float:
+    "Products (row, row) of the cell join (rows in their `spill` nearest cells probing their p nearest), from the (n, >= p) nearest cells A of a sample of 1/scale of the rows: one product per cell when spill == p, both ways when spill is 1."
+    own = np.bincount(A[:, :spill].ravel(), minlength=C).astype(np.float64) * scale
     probing = np.bincount(A[:, :p].ravel(), minlength=C).astype(np.float64) * scale
-    return float((own * probing).sum()) * (1 if p == 1 else 2)
+    return float((own * probing).sum()) * (1 if spill == p else 2)
 
 PROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
@@ -327,21 +330,31 @@ def _refine_cost(U: np.ndarray, k: int, rng, n: int = 4096) -> float:
         X = _f32(U[B[b:b + 2048]]); np.matmul(X, X.transpose(0, 2, 1))
     return 1.5 * (time.perf_counter() - t) * M / len(B) / 2   # two threads; x1.5 for the checks and the merge
 
-def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: float, rng, max_probes: int = 64,
+def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: float, rng, max_probes: int = 64, max_spill: int = 8,
                n_sample: int = 16384, refine_gap: float = 0.03, refine_rounds: int = 2) -> tuple[dict, list]:
-    "Cheapest (cells, probes) of the cell join whose recall on the queries qt reaches `aim`, or comes within `refine_gap` of it and is then refined (`_refine`, `refine_rounds` predicted) when that is cheaper (its 'ok' True; none does: the one of highest recall), walking the cell size from 256 rows (larger cells past 2,048 of them) the cheaper way: that plan and the table of all tried."
+    "Cheapest (cells, spill, probes) of the cell join whose recall on the queries qt reaches `aim`, or comes within `refine_gap` of it and is then refined (`_refine`, `refine_rounds` predicted) (its 'ok' True; none does: the one of highest recall), walking the cell size from 256 rows (larger cells past 2,048 of them) the cheaper way: that plan and the table of all tried."
     M, d = U.shape
     faiss = _faiss_threads()
     S = np.sort(rng.choice(M, min(M, n_sample), replace=False))
     tried = {}
-    nq, nd = min(M, 2048), min(M, 256)                  # seconds per pair inside a cell: 2,048 probing rows x 256 own rows
-    Bq = _f32(U[np.sort(rng.choice(M, nq, replace=False))]); Bd = Bq[:nd]
-    pair_s, n_threads = math.inf, faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)                        # as `_cell_join` runs it: one cell per thread, the threads side by side
+    kk, n_threads = k + 1, faiss.omp_get_max_threads()
+    nq, nd, ns = min(M, 2048), min(M, 256), min(M, 1024)   # seconds per pair inside a cell, measured as `_cell_join` runs it:
+    Bq = _f32(U[np.sort(rng.choice(M, nq, replace=False))]); Bd, Bs = Bq[:nd], Bq[:ns]   # 2,048 probing x 256 owned rows both ways,
+    ids = rng.integers(0, M, (4096, 13 * kk))                                                 # 1,024 rows among each other,
+    sims = rng.random(ids.shape, dtype=np.float32)                                            # and per list entry gathered and merged
+    pair_s = {'probe': math.inf, 'spill': math.inf}; entry_s = math.inf
+    faiss.omp_set_num_threads(1)                        # one cell per thread, the threads side by side
     for _ in range(3):                                  # the fastest of three: other jobs on the machine only slow a run down
-        t = time.perf_counter(); faiss.knn(Bq, Bd, min(k + 1, nd), faiss.METRIC_INNER_PRODUCT)
-        pair_s = min(pair_s, (time.perf_counter() - t) / (nq * nd) / n_threads)
+        t = time.perf_counter(); faiss.knn(Bq, Bd, min(kk, nd), faiss.METRIC_INNER_PRODUCT); faiss.knn(Bd, Bq, min(kk, nq), faiss.METRIC_INNER_PRODUCT)
+        pair_s['probe'] = min(pair_s['probe'], (time.perf_counter() - t) / (2 * nq * nd) / n_threads)
+        t = time.perf_counter(); faiss.knn(Bs, Bs, min(kk, ns), faiss.METRIC_INNER_PRODUCT)
+        pair_s['spill'] = min(pair_s['spill'], (time.perf_counter() - t) / ns ** 2 / n_threads)
+        t = time.perf_counter(); _f32(U[np.sort(ids[:, 0])]); _merge_lists(sims, ids, k, copies=2)
+        entry_s = min(entry_s, (time.perf_counter() - t) / ids.size)
     faiss.omp_set_num_threads(n_threads)
+    def join_cost(A, s, p, C):                          # predicted seconds of the join: its products and its lists
+        mode = 'spill' if s == p else 'probe'
+        return _join_pairs(A, s, p, C, M / len(S)) * pair_s[mode] + M * (p + (mode == 'probe')) * kk * entry_s
     probes = [p for p in PROBES if p <= max_probes]
     refine_s = _refine_cost(U, k, rng) if refine_rounds else 0.0   # seconds of one round over all M rows
 
@@ -354,21 +367,25 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
         A = _nearest_cells(U[S], cent, P)
         assign_s = (time.perf_counter() - t) * M / len(S)
         Aq, At = _query_cells(U, qt, true, cent, P)
-        lo = None                                       # the fewest probes within `refine_gap` of the aim: joined, then refined
-        for p in [p for p in probes if p < P] + [P]:    # the fewest probes reaching the aim: more only cost more
+        plans = []                                      # (spill, probes, recall, join seconds, refine rounds)
+        for s in [s for s in range(1, max_spill + 1) if s <= P]:   # each row in its s nearest cells, all of them met once
+            rec = _shared(Aq, At, s)
+            if rec >= aim or s == min(max_spill, P): plans.append((s, s, rec, join_cost(A, s, s, len(cent)), 0)); break
+        lo = None                                       # owned by one cell, probing p: the fewest probes reaching the aim (more only cost more),
+        for p in [p for p in probes if 1 < p < P] + [P]:   # and the fewest within `refine_gap` of it, joined then refined
             rec = _coverage(Aq, At, p)
-            if lo is None and rec >= aim - refine_gap: lo = (p, rec, _join_pairs(A, p, len(cent), M / len(S)) * pair_s)
-            if rec >= aim: break
-        pairs = _join_pairs(A, p, len(cent), M / len(S))
-        r = {'rows_per_cell': m, 'cells': len(cent), 'probes': p, 'recall': round(rec, 4), 'pairs_frac': round(pairs / M ** 2, 5),
-             'train_s': round(train_s, 3), 'assign_s': round(assign_s, 3), 'join_s': round(pairs * pair_s, 3),
-             'cost_s': round(assign_s + pairs * pair_s, 3),   # what is left to spend: the training is done
-             'ok': rec >= aim, 'refine_rounds': 0, 'direct_probes': p, 'centroids': cent}
-        if lo is not None and lo[0] < p and (not r['ok'] or assign_s + lo[2] + refine_rounds * refine_s < r['cost_s']):
-            r.update(probes=lo[0], recall=round(lo[1], 4), pairs_frac=round(lo[2] / pair_s / M ** 2, 5), join_s=round(lo[2], 3),
-                     cost_s=round(assign_s + lo[2] + refine_rounds * refine_s, 3), ok=True, refine_rounds=refine_rounds)
-        tried[m] = r
-        return r
+            if lo is None and rec >= aim - refine_gap and rec < aim:
+                lo = (1, p, rec, join_cost(A, 1, p, len(cent)) + refine_rounds * refine_s, refine_rounds)
+            if rec >= aim or p == P: plans.append((1, p, rec, join_cost(A, 1, p, len(cent)), 0)); break
+        if lo is not None: plans.append(lo)
+        reach = [q for q in plans if q[2] >= aim - (refine_gap if q[4] else 0)]
+        s, p, rec, join_s, rounds = min(reach, key=lambda q: q[3]) if reach else max(plans, key=lambda q: q[2])
+        direct = min([q for q in plans if not q[4] and q[2] >= aim] or [q for q in plans if not q[4]], key=lambda q: (q[2] < aim, q[3]))
+        tried[m] = {'rows_per_cell': m, 'cells': len(cent), 'spill': s, 'probes': p, 'recall': round(rec, 4), 'refine_rounds': rounds,
+                    'pairs_frac': round(_join_pairs(A, s, p, len(cent), M / len(S)) / M ** 2, 5), 'train_s': round(train_s, 3),
+                    'assign_s': round(assign_s, 3), 'join_s': round(join_s, 3), 'cost_s': round(assign_s + join_s, 3),   # what is left: the training is done
+                    'ok': bool(reach), 'direct': {'spill': direct[0], 'probes': direct[1], 'recall': round(direct[2], 4)}, 'centroids': cent}
+        return tried[m]
 
     ok = lambda m: m in tried and tried[m]['ok']
     cost = lambda m: tried[m]['cost_s'] + tried[m]['train_s'] if ok(m) else math.inf
@@ -382,8 +399,10 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
     while 0 <= j + step < len(grid):
         m, best = grid[j + step], min(tried.values(), key=lambda r: r['cost_s'] if r['ok'] else math.inf)
         prev = tried[grid[j]]
-        if best['ok'] and step > 0 and prev['train_s'] * (grid[j] / m) ** 2 + prev['assign_s'] * grid[j] / m >= best['cost_s']:
-            break                                       # 2x the cells: k-means ~4x, assignment 2x; more than it could save
+        c0, c1 = M / grid[j], M / m                     # 2x the cells: the k-means 2-4x (`_kmeans_per`), the assignment 2x
+        if best['ok'] and step > 0 and (prev['train_s'] * (_kmeans_per(round(c1)) * c1 ** 2) / (_kmeans_per(round(c0)) * c0 ** 2)
+                                        + prev['assign_s'] * c1 / c0 >= best['cost_s']):
+            break                                       # more than it could save
         evaluate(m)
         if cost(m) >= cost(grid[j]) and ok(grid[j]): break
         j += step
@@ -392,16 +411,17 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
     if not good: return max(tried.values(), key=lambda r: (r['recall'], -r['cost_s'])), table
     return min(good, key=lambda r: r['cost_s']), table
 
-def _cell_join(U: np.ndarray, cent: np.ndarray, p: int, k: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    "Each row owned by its nearest cell and probing its p nearest; in every cell exact k-NN (faiss.knn) of the rows probing it among the rows it owns, and of those among the rows probing it; a row's lists merged: (sims (M, k), idx (M, k)), -inf where fewer than k were found."
+def _cell_join(U: np.ndarray, cent: np.ndarray, p: int, k: int, progress: bool = False, spill: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    "Exact k-NN (faiss.knn) inside cells, a row's lists merged: each row owned by its nearest cell (spill 1) and probing its p nearest, searched both ways in every cell (the rows probing it among the rows it owns, and these among those), or (spill == p) in its p nearest cells, searched once among each other. (sims (M, k), idx (M, k)), -inf where fewer than k were found."
     from concurrent.futures import ThreadPoolExecutor
+    if spill not in (1, p): raise ValueError(f"_cell_join: spill must be 1 or p={p}; got {spill}.")
     faiss = _faiss_threads()
     M, n_threads, kk = len(U), faiss.omp_get_max_threads(), k + 1   # k + 1: the row itself is among them, dropped in the merge
     p = int(min(p, len(cent)))
     A = _nearest_cells(U, cent, p)                     # A[:, 0]: the cell owning the row
     order = np.argsort(A.ravel(), kind='stable')       # (row, rank) slots grouped by cell; slot // p is the row, slot % p the rank
     bounds = np.searchsorted(A.ravel()[order], np.arange(len(cent) + 1))
-    back = p > 1                                       # p == 1: the rows probing a cell are the rows it owns, one product
+    back = spill == 1 and p > 1                        # rows owned by one cell and probing others: a second product per cell
     L = p + back                                       # a row's lists: one per probed cell, and one from the rows probing its own
     PS = np.full((M * L, kk), -np.inf, np.float32); PI = np.full((M * L, kk), -1, np.int32)
 
@@ -409,16 +429,21 @@ def _cell_join(U: np.ndarray, cent: np.ndarray, p: int, k: int, progress: bool =
         faiss.omp_set_num_threads(1)
         slots = order[bounds[c]:bounds[c + 1]]
         mem, rank = slots // p, slots % p
+        Xq = _f32(U[mem])
+        if not back:                                    # every member owned and probing: one product
+            kc = int(min(kk, len(mem)))
+            D, J = faiss.knn(Xq, Xq, kc, faiss.METRIC_INNER_PRODUCT)
+            PS[mem * L + rank, :kc], PI[mem * L + rank, :kc] = D, mem[J]
+            return len(slots)
         own = mem[rank == 0]
         if not len(own): return len(slots)
-        Xq = _f32(U[mem]); Xd = Xq[rank == 0]
+        Xd = Xq[rank == 0]
         kc = int(min(kk, len(own)))
         D, J = faiss.knn(Xq, Xd, kc, faiss.METRIC_INNER_PRODUCT)   # probing rows among the owned ones
         PS[mem * L + rank, :kc], PI[mem * L + rank, :kc] = D, own[J]
-        if back:
-            kb = int(min(kk, len(mem)))
-            D, J = faiss.knn(Xd, Xq, kb, faiss.METRIC_INNER_PRODUCT)   # owned rows among the probing ones
-            PS[own * L + p, :kb], PI[own * L + p, :kb] = D, mem[J]
+        kb = int(min(kk, len(mem)))
+        D, J = faiss.knn(Xd, Xq, kb, faiss.METRIC_INNER_PRODUCT)   # owned rows among the probing ones
+        PS[own * L + p, :kb], PI[own * L + p, :kb] = D, mem[J]
         return len(slots)
 
     big_first = [int(c) for c in np.argsort(-np.diff(bounds), kind='stable') if bounds[c + 1] - bounds[c] >= 2]
@@ -431,17 +456,22 @@ def _cell_join(U: np.ndarray, cent: np.ndarray, p: int, k: int, progress: bool =
         faiss.omp_set_num_threads(n_threads)
         if bar is not None: bar.close()
     del order, A
-    return _merge_lists(PS.reshape(M, L * kk), PI.reshape(M, L * kk), k)
+    return _merge_lists(PS.reshape(M, L * kk), PI.reshape(M, L * kk), k, copies=p if not back else 2)
 
-def _merge_lists(PS: np.ndarray, PI: np.ndarray, k: int, block: int = 65536, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    "Top-k of each row's candidates (sims (n, c), ids (n, c); -1 empty) that may hold the row itself (its id in `rows`, default 0..n-1) or an id twice: (sims (n, k), idx (n, k)), -inf where fewer than k."
-    M = len(PS)
+def _merge_lists(PS: np.ndarray, PI: np.ndarray, k: int, block: int = 65536, rows: np.ndarray | None = None,
+                 copies: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    "Top-k of each row's candidates (sims (n, c), ids (n, c); -1 empty) that may hold the row itself (its id in `rows`, default 0..n-1) or an id up to `copies` times (None: any): (sims (n, k), idx (n, k)), -inf where fewer than k."
+    M, c = PS.shape
     S, I = np.empty((M, k), np.float32), np.empty((M, k), np.int64)
+    pre = None if copies is None or copies * (k + 1) >= c else copies * (k + 1)   # the k best distinct others lie among the best pre
     for b in range(0, M, block):
         ps, pi = PS[b:b + block], PI[b:b + block]
+        if pre is not None:
+            j = np.argpartition(-ps, pre - 1, axis=1)[:, :pre]
+            ps, pi = np.take_along_axis(ps, j, 1), np.take_along_axis(pi, j, 1)
         o = np.argsort(pi, axis=1, kind='stable')
         si = np.take_along_axis(pi, o, 1)
-        rep = np.zeros(si.shape, bool); rep[:, 1:] = si[:, 1:] == si[:, :-1]   # an id met again (in another cell): its first copy kept
+        rep = np.zeros(si.shape, bool); rep[:, 1:] = si[:, 1:] == si[:, :-1]   # an id met again (in another cell): one copy kept
         bad = np.empty_like(rep); np.put_along_axis(bad, o, rep, 1)
         own = np.arange(b, b + len(pi)) if rows is None else rows[b:b + block]
         bad |= (pi < 0) | (pi == own[:, None])
@@ -599,25 +629,26 @@ def _approx(U, k, method, target, n_eval, pca_dim, pca_var, pilot, seed, progres
         plan, jtable = _plan_join(U, qt, true_t, k, aim, rng)
         params.update(join_plan=jtable, join_plan_s=round(time.perf_counter() - t, 3))
         logger.info("k-NN cell join plan (%.1f s): %s", params['join_plan_s'],
-                    'no plan reaches the target' if not plan['ok'] else f"{plan['cells']} cells, {plan['probes']} probes, predicted {plan['cost_s']:.1f} s (exact {exact_s:.1f} s)")
+                    'no plan reaches the target' if not plan['ok'] else f"{plan['cells']} cells, spill {plan['spill']}, {plan['probes']} probes, {plan['refine_rounds']} refine rounds, predicted {plan['cost_s']:.1f} s (exact {exact_s:.1f} s)")
         if method == 'cell-join' and not plan['ok']:
             logger.warning("k-NN: the cell join reaches recall@%d %.3f at most (target %.3f)", k, plan['recall'], target)
         elif not plan['ok']: plan = None                    # auto: the candidate indexes are measured instead
         if plan is not None and (method != 'auto' or 2 * plan['cost_s'] < exact_s):   # its prediction ran up to 1.6x short: a 2x margin
             t = time.perf_counter()
-            S, I = _cell_join(U, plan['centroids'], plan['probes'], k, progress)
+            S, I = _cell_join(U, plan['centroids'], plan['probes'], k, progress, spill=plan['spill'])
             rounds, tuned = 0, _recall(I[qt], true_t)
             while plan['refine_rounds'] and rounds < plan['refine_rounds'] + 1 and tuned < aim:   # one round more than planned at most
                 S, I, changed = _refine(U, S, I); rounds += 1
                 tuned = _recall(I[qt], true_t)
                 logger.info("k-NN refine round %d: %d rows improved, recall@%d on the tuning rows %.3f", rounds, changed, k, tuned)
                 if not changed: break
-            if tuned < aim and plan['direct_probes'] > plan['probes']:   # the refinement fell short: the join that reaches the aim, merged
-                logger.warning("k-NN: refined recall %.3f < %.3f; joining at %d probes", tuned, aim, plan['direct_probes'])
-                S2, I2 = _cell_join(U, plan['centroids'], plan['direct_probes'], k, progress)
-                S, I = _merge_lists(np.concatenate([S, S2], 1), np.concatenate([I, I2], 1), k)
+            dp = plan['direct']
+            if tuned < aim and rounds and dp['recall'] > plan['recall']:   # the refinement fell short: the join that reaches the aim, merged
+                logger.warning("k-NN: refined recall %.3f < %.3f; joining at spill %d, %d probes", tuned, aim, dp['spill'], dp['probes'])
+                S2, I2 = _cell_join(U, plan['centroids'], dp['probes'], k, progress, spill=dp['spill'])
+                S, I = _merge_lists(np.concatenate([S, S2], 1), np.concatenate([I, I2], 1), k, copies=2)
                 tuned = _recall(I[qt], true_t)
-            params.update({key: plan[key] for key in ('rows_per_cell', 'cells', 'probes', 'pairs_frac')},
+            params.update({key: plan[key] for key in ('rows_per_cell', 'cells', 'spill', 'probes', 'pairs_frac')},
                           refine_rounds=rounds, tuned_recall=round(tuned, 4), predicted_s=plan['cost_s'])
             return finish(S, I, 'cell-join', t)
     t = time.perf_counter()

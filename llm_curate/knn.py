@@ -321,14 +321,17 @@ def _join_pairs(A: np.ndarray, spill: int, p: int, C: int, scale: float) -> floa
 
 PROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
-def _refine_cost(U: np.ndarray, k: int, rng, n: int = 4096) -> float:
-    "Seconds of one `_refine` round over all rows of U, from its neighbourhood products on n random rows (random neighbourhoods of 2k + 1 rows)."
+def _refine_cost(U: np.ndarray, k: int, rng, n: int = 4096, block: int = 2048) -> float:
+    "Seconds of one `_refine` round over all rows of U, from its gathers and neighbourhood products on n random rows (random neighbourhoods of 2k + 1 rows), the faster of two timings after a warm-up."
     M = len(U)
     B = rng.integers(0, M, (min(n, M), 2 * k + 1))
-    t = time.perf_counter()
-    for b in range(0, len(B), 2048):
-        X = _f32(U[B[b:b + 2048]]); np.matmul(X, X.transpose(0, 2, 1))
-    return 1.5 * (time.perf_counter() - t) * M / len(B) / 2   # two threads; x1.5 for the checks and the merge
+    best = math.inf
+    for r in range(3):                                  # the first warms the caches up (a memory map's pages, above all)
+        t = time.perf_counter()
+        for b in range(0, len(B), block):
+            X = _f32(U[B[b:b + block]]); np.matmul(X, X.transpose(0, 2, 1))
+        if r: best = min(best, time.perf_counter() - t)
+    return best * M / len(B) / 2                        # two threads
 
 def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: float, rng, max_probes: int = 64, max_spill: int = 8,
                n_sample: int = 16384, refine_gap: float = 0.03, refine_rounds: int = 2) -> tuple[dict, list]:
@@ -492,11 +495,16 @@ def _reverse(S: np.ndarray, I: np.ndarray, cap: int) -> np.ndarray:
     R[d[ok], rank[ok]] = s[ok]
     return R
 
-def _refine(U: np.ndarray, S: np.ndarray, I: np.ndarray, block: int = 2048) -> tuple[np.ndarray, np.ndarray, int]:
-    "One round of NN-descent's local join (Dong et al., 2011) on a k-NN graph (sims S (M, k) descending, ids I): in every row's neighbourhood (itself, its k neighbours, the k nearest rows listing it) each pair's inner product is offered to both ends, and a row keeps its k best. Returns (S, I, rows whose list changed)."
+def _refine(U: np.ndarray, S: np.ndarray, I: np.ndarray, block: int = 2048, changed: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "One round of NN-descent's local join (Dong et al., 2011) on a k-NN graph (sims S (M, k) descending, ids I): in every row's neighbourhood (itself, its k neighbours, the k nearest rows listing it) each pair's inner product is offered to both ends, and a row keeps its k best; only the neighbourhoods the previous round's `changed` rows touch, when given. Returns (S, I, rows whose list changed)."
     from concurrent.futures import ThreadPoolExecutor
     M, k = I.shape
     B = np.concatenate([np.arange(M)[:, None], I, _reverse(S, I, k)], 1)    # (M, 2k + 1) neighbourhoods, -1 empty
+    if changed is not None:                             # a neighbourhood without a new member holds no pair not offered before
+        act = np.zeros(M, bool); act[changed] = True
+        act[I[changed].ravel()] = True                  # rows a changed row lists now: their reverse lists changed
+        B = B[act]
     kth = np.where(np.isfinite(S[:, -1]), S[:, -1], -np.inf).astype(np.float32)
 
     def offers(b):                                      # (target, candidate, sim) of one block's pairs beating the target's k-th
@@ -511,10 +519,10 @@ def _refine(U: np.ndarray, S: np.ndarray, I: np.ndarray, block: int = 2048) -> t
         _, first = np.unique(a * M + c, return_index=True)   # offered in several neighbourhoods of the block: once
         return a[first], c[first], g[first]
 
-    with ThreadPoolExecutor(2) as ex: parts = list(ex.map(offers, range(0, M, block)))
+    with ThreadPoolExecutor(2) as ex: parts = list(ex.map(offers, range(0, len(B), block)))
     a = np.concatenate([p[0] for p in parts]); c = np.concatenate([p[1] for p in parts]); s = np.concatenate([p[2] for p in parts])
     del parts
-    if not len(a): return S, I, 0
+    if not len(a): return S, I, np.empty(0, np.int64)
     _, first = np.unique(a * M + c, return_index=True)  # once across blocks too
     a, c, s = a[first], c[first], s[first]
     o = np.lexsort((-s, a)); a, c, s = a[o], c[o], s[o]
@@ -529,7 +537,7 @@ def _refine(U: np.ndarray, S: np.ndarray, I: np.ndarray, block: int = 2048) -> t
     S2, I2 = _merge_lists(PS, PI, k, rows=rows)
     S, I = S.copy(), I.copy()
     S[rows], I[rows] = S2, I2
-    return S, I, int(len(rows))
+    return S, I, rows
 
 
 # %% ../nbs/03_knn.ipynb #b67c10a8
@@ -636,12 +644,12 @@ def _approx(U, k, method, target, n_eval, pca_dim, pca_var, pilot, seed, progres
         if plan is not None and (method != 'auto' or 2 * plan['cost_s'] < exact_s):   # its prediction ran up to 1.6x short: a 2x margin
             t = time.perf_counter()
             S, I = _cell_join(U, plan['centroids'], plan['probes'], k, progress, spill=plan['spill'])
-            rounds, tuned = 0, _recall(I[qt], true_t)
+            rounds, tuned, changed = 0, _recall(I[qt], true_t), None
             while plan['refine_rounds'] and rounds < plan['refine_rounds'] + 1 and tuned < aim:   # one round more than planned at most
-                S, I, changed = _refine(U, S, I); rounds += 1
+                S, I, changed = _refine(U, S, I, changed=changed); rounds += 1
                 tuned = _recall(I[qt], true_t)
-                logger.info("k-NN refine round %d: %d rows improved, recall@%d on the tuning rows %.3f", rounds, changed, k, tuned)
-                if not changed: break
+                logger.info("k-NN refine round %d: %d rows improved, recall@%d on the tuning rows %.3f", rounds, len(changed), k, tuned)
+                if not len(changed): break
             dp = plan['direct']
             if tuned < aim and rounds and dp['recall'] > plan['recall']:   # the refinement fell short: the join that reaches the aim, merged
                 logger.warning("k-NN: refined recall %.3f < %.3f; joining at spill %d, %d probes", tuned, aim, dp['spill'], dp['probes'])

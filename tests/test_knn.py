@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from llm_curate.knn import (knn_graph, dedupe_rows, check_embeddings, neighbour_stats, realistic_embeddings, bundled_geometry,
-                            fit_geometry, _recall, _cell_join, _refine, _reverse)
+                            fit_geometry, _recall, _cell_join, _refine, _reverse, _coverage, _shared,
+                            _query_cells, _kmeans_cells)
 from llm_curate.curate import curate_scores
 
 
@@ -166,6 +167,27 @@ def test_cell_join_with_every_cell_is_exact():
     np.testing.assert_allclose(1 - S, ge.distances, atol=1e-5)
     S2, I2 = _cell_join(X, cent, 2, 10)                 # fewer cells a row: still no row itself, no id twice
     assert not (I2 == np.arange(len(X))[:, None]).any() and all(len(set(r)) == 10 for r in I2.tolist())
+    S3, I3 = _cell_join(X, cent, len(cent), 10, spill=len(cent))   # the spill form: every row in every cell, one product a cell
+    np.testing.assert_array_equal(I3, ge.indices)
+    S4, I4 = _cell_join(X, cent, 2, 10, spill=2)
+    assert not (I4 == np.arange(len(X))[:, None]).any() and all(len(set(r)) == 10 for r in I4.tolist())
+
+
+@pytest.mark.parametrize('form', ['probes', 'spill'])
+def test_cell_join_recall_is_known_before_it_runs(form):
+    "The share of true pairs the rule meets (`_coverage` for probes, `_shared` for the spill), computed from cell assignments alone, is the recall the join then gets, query by query."
+    X = check_embeddings(clustered(4000, 24, 80, 1.3, seed=8))
+    rng = np.random.default_rng(2)
+    cent = _kmeans_cells(X, 40, rng)
+    ge = knn_graph(X, k=10, exact=True)
+    q = rng.choice(len(X), 300, replace=False)
+    Aq, At = _query_cells(X, q, ge.indices[q], cent, 4)
+    for p in (1, 2, 4):
+        S, I = _cell_join(X, cent, p, 10, spill=1 if form == 'probes' else p)
+        got = _recall(I[q], ge.indices[q])
+        want = (_coverage if form == 'probes' else _shared)(Aq, At, p)
+        assert abs(got - want) < 2e-3, (p, got, want)      # (ties at the k-th within rounding only)
+        assert want < 0.999 or p == 4
 
 
 def test_reverse_lists_the_nearest_rows_listing_each_row():
@@ -191,12 +213,15 @@ def test_refine_repairs_a_damaged_graph_and_never_worsens_a_list():
     before = _recall(I, ge.indices)
     S2, I2, changed = _refine(X, S, I)
     after = _recall(I2, ge.indices)
-    assert before < 0.55 and after > 0.9 and changed > 0.5 * len(X)
+    assert before < 0.55 and after > 0.9 and len(changed) > 0.5 * len(X)
     assert (S2 >= S - 1e-6).all()                                     # the k best never get worse, rank by rank
     np.testing.assert_allclose(S2, np.einsum('nd,nkd->nk', X, X[I2]), atol=1e-5)
     assert not (I2 == np.arange(len(X))[:, None]).any() and all(len(set(r)) == 10 for r in I2.tolist())
     S3, I3, ch3 = _refine(X, (1 - ge.distances).astype(np.float32), ge.indices)   # the exact graph: nothing to improve
-    assert ch3 <= 0.01 * len(X) and _recall(I3, ge.indices) > 0.999              # (ties at the k-th within rounding only)
+    assert len(ch3) <= 0.01 * len(X) and _recall(I3, ge.indices) > 0.999         # (ties at the k-th within rounding only)
+    Sa, Ia, _ = _refine(X, S2, I2)                                    # a second round over every neighbourhood ...
+    Sb, Ib, _ = _refine(X, S2, I2, changed=changed)                   # ... or only over those the first round changed: the same
+    assert (Ia != I2).any() and (Ia == Ib).mean() > 0.999
 
 
 def test_bundled_fit_at_1024_is_closer_to_real_text():

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_knn.ipynb #25b6dcc2
 from __future__ import annotations
-import itertools, json, logging, math, os, sys, time
+import functools, itertools, json, logging, math, os, sys, time
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
@@ -347,7 +347,7 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
     sims = rng.random(ids.shape, dtype=np.float32)                                            # and per list entry gathered and merged
     pair_s = {'probe': math.inf, 'spill': math.inf}; entry_s = math.inf
     faiss.omp_set_num_threads(1)                        # one cell per thread, the threads side by side
-    for _ in range(3):                                  # the fastest of three: other jobs on the machine only slow a run down
+    for _ in range(2):                                  # the faster of two: other jobs on the machine only slow a run down
         t = time.perf_counter(); faiss.knn(Bq, Bd, min(kk, nd), faiss.METRIC_INNER_PRODUCT); faiss.knn(Bd, Bq, min(kk, nq), faiss.METRIC_INNER_PRODUCT)
         pair_s['probe'] = min(pair_s['probe'], (time.perf_counter() - t) / (2 * nq * nd) / n_threads)
         t = time.perf_counter(); faiss.knn(Bs, Bs, min(kk, ns), faiss.METRIC_INNER_PRODUCT)
@@ -359,7 +359,7 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
         mode = 'spill' if s == p else 'probe'
         return _join_pairs(A, s, p, C, M / len(S)) * pair_s[mode] + M * (p + (mode == 'probe')) * kk * entry_s
     probes = [p for p in PROBES if p <= max_probes]
-    refine_s = _refine_cost(U, k, rng) if refine_rounds else 0.0   # seconds of one round over all M rows
+    refine_cost = functools.cache(lambda: _refine_cost(U, k, rng))   # seconds of one round over all M rows, measured when first needed
 
     def evaluate(m):                                    # m: mean rows per cell (each row owned by one)
         t = time.perf_counter()
@@ -377,8 +377,8 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
         lo = None                                       # owned by one cell, probing p: the fewest probes reaching the aim (more only cost more),
         for p in [p for p in probes if 1 < p < P] + [P]:   # and the fewest within `refine_gap` of it, joined then refined
             rec = _coverage(Aq, At, p)
-            if lo is None and rec >= aim - refine_gap and rec < aim:
-                lo = (1, p, rec, join_cost(A, 1, p, len(cent)) + refine_rounds * refine_s, refine_rounds)
+            if lo is None and refine_rounds and rec >= aim - refine_gap and rec < aim:
+                lo = (1, p, rec, join_cost(A, 1, p, len(cent)) + refine_rounds * refine_cost(), refine_rounds)
             if rec >= aim or p == P: plans.append((1, p, rec, join_cost(A, 1, p, len(cent)), 0)); break
         if lo is not None: plans.append(lo)
         reach = [q for q in plans if q[2] >= aim - (refine_gap if q[4] else 0)]

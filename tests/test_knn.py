@@ -173,6 +173,23 @@ def test_cell_join_with_every_cell_is_exact():
     assert not (I4 == np.arange(len(X))[:, None]).any() and all(len(set(r)) == 10 for r in I4.tolist())
 
 
+def test_refined_join_reaches_the_target(pool, monkeypatch):
+    "A plan that joins short of the aim and refines (made the cheapest here by pricing refinement at zero and allowing it far below the aim): the rounds run until the tuning recall reaches the aim, and the graph keeps exact semantics."
+    import functools
+    import llm_curate.knn as K
+    Xd, ge = pool
+    monkeypatch.setattr(K, '_refine_cost', lambda *a, **kw: 0.0)
+    monkeypatch.setattr(K, '_plan_join', functools.partial(K._plan_join, refine_gap=0.2, refine_rounds=3))
+    g = knn_graph(Xd, k=10, method='cell-join', n_eval=300)
+    chosen = [r for r in g.params['join_plan'] if (r['cells'], r['probes']) == (g.params['cells'], g.params['probes'])][0]
+    assert chosen['refine_rounds'] == 3 and chosen['recall'] < 0.95 and g.params['refine_rounds'] >= 1
+    assert g.params['tuned_recall'] >= 0.95 and _recall(g.indices, ge.indices) >= 0.94
+    srt = np.sort(g.indices, 1)
+    assert (srt[:, 1:] != srt[:, :-1]).all()
+    U = check_embeddings(Xd)
+    np.testing.assert_allclose(g.distances, 1 - np.einsum('nd,nkd->nk', U, U[g.indices]), atol=1e-5)
+
+
 @pytest.mark.parametrize('form', ['probes', 'spill'])
 def test_cell_join_recall_is_known_before_it_runs(form):
     "The share of true pairs the rule meets (`_coverage` for probes, `_shared` for the spill), computed from cell assignments alone, is the recall the join then gets, query by query."

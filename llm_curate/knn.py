@@ -321,16 +321,16 @@ def _join_pairs(A: np.ndarray, spill: int, p: int, C: int, scale: float) -> floa
 
 PROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
-def _refine_cost(U: np.ndarray, k: int, rng, n: int = 4096, block: int = 2048) -> float:
-    "Seconds of one `_refine` round over all rows of U, from its gathers and neighbourhood products on n random rows (random neighbourhoods of 2k + 1 rows), the faster of two timings after a warm-up."
+def _refine_cost(U: np.ndarray, k: int, rng, n: int = 2048, block: int = 2048) -> float:
+    "Seconds of one `_refine` round over all rows of U, from its gathers and neighbourhood products on n random rows (random neighbourhoods of 2k + 1 rows), timed after a warm-up."
     M = len(U)
     B = rng.integers(0, M, (min(n, M), 2 * k + 1))
     best = math.inf
-    for r in range(3):                                  # the first warms the caches up (a memory map's pages, above all)
+    for r in range(2):                                  # the first warms the caches up (a memory map's pages, above all)
         t = time.perf_counter()
         for b in range(0, len(B), block):
             X = _f32(U[B[b:b + block]]); np.matmul(X, X.transpose(0, 2, 1))
-        if r: best = min(best, time.perf_counter() - t)
+        if r: best = time.perf_counter() - t
     return best * M / len(B) / 2                        # two threads
 
 def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: float, rng, max_probes: int = 64, max_spill: int = 8,
@@ -343,7 +343,7 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
     kk, n_threads = k + 1, faiss.omp_get_max_threads()
     nq, nd, ns = min(M, 2048), min(M, 256), min(M, 1024)   # seconds per pair inside a cell, measured as `_cell_join` runs it:
     Bq = _f32(U[np.sort(rng.choice(M, nq, replace=False))]); Bd, Bs = Bq[:nd], Bq[:ns]   # 2,048 probing x 256 owned rows both ways,
-    ids = rng.integers(0, M, (4096, 13 * kk))                                                 # 1,024 rows among each other,
+    ids = rng.integers(0, M, (2048, 13 * kk))                                                 # 1,024 rows among each other,
     sims = rng.random(ids.shape, dtype=np.float32)                                            # and per list entry gathered and merged
     pair_s = {'probe': math.inf, 'spill': math.inf}; entry_s = math.inf
     faiss.omp_set_num_threads(1)                        # one cell per thread, the threads side by side

@@ -365,11 +365,13 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
         t = time.perf_counter()
         cent = _kmeans_cells(U, int(round(M / m)), rng)
         train_s = time.perf_counter() - t
-        P = min(probes[-1], len(cent))
-        t = time.perf_counter()
-        A = _nearest_cells(U[S], cent, P)
-        assign_s = (time.perf_counter() - t) * M / len(S)
-        Aq, At = _query_cells(U, qt, true, cent, P)
+        Pmax = min(probes[-1], len(cent))
+        for P in sorted({min(16, Pmax), Pmax}):         # the 16 nearest cells first; more only when 16 probes fall short
+            t = time.perf_counter()
+            A = _nearest_cells(U[S], cent, P)
+            if P == min(16, Pmax): assign_s = (time.perf_counter() - t) * M / len(S)
+            Aq, At = _query_cells(U, qt, true, cent, P)
+            if P == Pmax or _coverage(Aq, At, P) >= aim: break
         plans = []                                      # (spill, probes, recall, join seconds, refine rounds)
         for s in [s for s in range(1, max_spill + 1) if s <= P]:   # each row in its s nearest cells, all of them met once
             rec = _shared(Aq, At, s)
@@ -404,8 +406,8 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
         prev = tried[grid[j]]
         c0, c1 = M / grid[j], M / m                     # 2x the cells: the k-means 2-4x (`_kmeans_per`), the assignment 2x
         if best['ok'] and step > 0 and (prev['train_s'] * (_kmeans_per(round(c1)) * c1 ** 2) / (_kmeans_per(round(c0)) * c0 ** 2)
-                                        + prev['assign_s'] * c1 / c0 >= best['cost_s']):
-            break                                       # more than it could save
+                                        + prev['assign_s'] * c1 / c0 >= 0.5 * best['cost_s']):
+            break                                       # half the best plan or more: more than smaller cells are likely to save
         evaluate(m)
         if cost(m) >= cost(grid[j]) and ok(grid[j]): break
         j += step

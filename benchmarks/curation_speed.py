@@ -8,7 +8,7 @@ Data, each case in a fresh child process (so its peak RSS is its own):
   run three times: as `knn_graph` decides, with an approximate search forced (`exact=False`), and with the full-space HNSW
   forced (`method='hnsw'`, the best index before the cell join, for comparison);
 - `realistic_real_size`: the generator at the real rows' own size and dimension (384), so the two can be compared on the
-  very plan the cost model makes (cells, probes, recall);
+  very plan the cost model makes (cells, spill, probes, recall);
 - `realistic`: `llm_curate.knn.realistic_embeddings`, the generator fitted to those real embeddings (spectrum stretched to d;
   parameters fitted at d itself where the geometry has them, `params_by_dim`);
 - `lifted` (`--lifted N`): the generator at the dimension it was fitted at (384, where it matches the real neighbour statistics

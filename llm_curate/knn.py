@@ -325,13 +325,11 @@ def _refine_cost(U: np.ndarray, k: int, rng, n: int = 2048, block: int = 2048) -
     "Seconds of one `_refine` round over all rows of U, from its gathers and neighbourhood products on n random rows (random neighbourhoods of 2k + 1 rows), timed after a warm-up."
     M = len(U)
     B = rng.integers(0, M, (min(n, M), 2 * k + 1))
-    best = math.inf
-    for r in range(2):                                  # the first warms the caches up (a memory map's pages, above all)
+    for _ in range(2):                                  # the first pass warms the caches up (a memory map's pages, above all)
         t = time.perf_counter()
         for b in range(0, len(B), block):
             X = _f32(U[B[b:b + block]]); np.matmul(X, X.transpose(0, 2, 1))
-        if r: best = time.perf_counter() - t
-    return best * M / len(B) / 2                        # two threads
+    return (time.perf_counter() - t) * M / len(B) / 2   # the second pass; two threads
 
 def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: float, rng, max_probes: int = 64, max_spill: int = 8,
                n_sample: int = 16384, refine_gap: float = 0.03, refine_rounds: int = 2) -> tuple[dict, list]:
@@ -385,7 +383,7 @@ def _plan_join(U: np.ndarray, qt: np.ndarray, true: np.ndarray, k: int, aim: flo
         if lo is not None: plans.append(lo)
         reach = [q for q in plans if q[2] >= aim - (refine_gap if q[4] else 0)]
         s, p, rec, join_s, rounds = min(reach, key=lambda q: q[3]) if reach else max(plans, key=lambda q: q[2])
-        direct = min([q for q in plans if not q[4] and q[2] >= aim] or [q for q in plans if not q[4]], key=lambda q: (q[2] < aim, q[3]))
+        direct = min((q for q in plans if not q[4]), key=lambda q: (q[2] < aim, q[3]))   # unrefined: the cheapest reaching the aim, else the cheapest
         tried[m] = {'rows_per_cell': m, 'cells': len(cent), 'spill': s, 'probes': p, 'recall': round(rec, 4), 'refine_rounds': rounds,
                     'pairs_frac': round(_join_pairs(A, s, p, len(cent), M / len(S)) / M ** 2, 5), 'train_s': round(train_s, 3),
                     'assign_s': round(assign_s, 3), 'join_s': round(join_s, 3), 'cost_s': round(assign_s + join_s, 3),   # what is left: the training is done
@@ -507,7 +505,7 @@ def _refine(U: np.ndarray, S: np.ndarray, I: np.ndarray, block: int = 2048, chan
         act = np.zeros(M, bool); act[changed] = True
         act[I[changed].ravel()] = True                  # rows a changed row lists now: their reverse lists changed
         B = B[act]
-    kth = np.where(np.isfinite(S[:, -1]), S[:, -1], -np.inf).astype(np.float32)
+    kth = S[:, -1].astype(np.float32)                  # a row's k-th similarity (-inf where it has fewer)
 
     def offers(b):                                      # (target, candidate, sim) of one block's pairs beating the target's k-th
         Bb = B[b:b + block]
